@@ -2,7 +2,11 @@
 """Generate the supported-set header (and, when asked, CUDA instantiations) from kernel_table.py.
 
 Usage: python scripts/gen_kernels.py [--subset full|ci]
-Writes csrc/include/paddle_gqa/generated/supported.h (always the full contract set).
+Writes csrc/include/paddle_gqa/generated/supported.h (always the full contract set) and the
+paged attention instantiations csrc/kernels/generated/attention_<dtype>_<D>x<Dv>_g<G>.cu (one per
+key; g0 = the runtime-group kernels) with their registry attention_instances.inc. `--subset ci`
+emits only kernel_table.CI_* keys, still covering every kernel template (both tile configs, a fast
+group and the runtime group).
 """
 import argparse
 import importlib.util
@@ -43,12 +47,65 @@ def supported_header(t) -> str:
     )
 
 
+CUDA_TYPES = {"float16": ("half", "kFloat16"), "bfloat16": ("__nv_bfloat16", "kBFloat16")}
+GENERATED_DIR = ROOT / "csrc/kernels/generated"
+
+
+def attention_keys(t, subset: str):
+    """(dtype, D, Dv, G) keys to instantiate; G = 0 is the runtime-group path, always built."""
+    if subset == "ci":
+        dtypes, dims, groups = t.CI_DTYPES, t.CI_HEAD_DIMS, t.CI_GROUP_SIZES
+    else:
+        dtypes, dims, groups = t.CUDA_DTYPES, t.HEAD_DIMS, t.FAST_GROUP_SIZES
+    return [(dt, d, dv, g) for dt in dtypes for d, dv in dims for g in (0,) + tuple(groups)]
+
+
+def attention_file_name(key) -> str:
+    dt, d, dv, g = key
+    return f"attention_{dt}_{d}x{dv}_g{g}.cu"
+
+
+def attention_instance(key) -> str:
+    dt, d, dv, g = key
+    ctype, _ = CUDA_TYPES[dt]
+    group_text = "the runtime group (read from the params)" if g == 0 else f"group {g}"
+    return (
+        HEADER
+        + f"// Paged attention kernels for {dt}, D={d}, Dv={dv}, {group_text}.\n"
+        + '#include "../attention/attention_kernel.cuh"\n\n'
+        + "namespace paddle_gqa::cuda::attn {\n"
+        + f"template void launch_attention<{ctype}, {d}, {dv}, {g}>(const AttentionParams&, const LaunchPlan&, cudaStream_t);\n"
+        + "}  // namespace paddle_gqa::cuda::attn\n"
+    )
+
+
+def attention_registry(keys) -> str:
+    lines = [HEADER, "// The attention keys built: PGQA_ATTENTION_INSTANCE(type, DType, D, Dv, group).\n"]
+    for dt, d, dv, g in keys:
+        ctype, enum = CUDA_TYPES[dt]
+        lines.append(f"PGQA_ATTENTION_INSTANCE({ctype}, {enum}, {d}, {dv}, {g})\n")
+    return "".join(lines)
+
+
+def write_attention(t, subset: str) -> None:
+    keys = attention_keys(t, subset)
+    wanted = {attention_file_name(k) for k in keys}
+    GENERATED_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in GENERATED_DIR.glob("attention_*.cu"):
+        if stale.name not in wanted:
+            stale.unlink()
+    for k in keys:
+        write_if_changed(GENERATED_DIR / attention_file_name(k), attention_instance(k))
+    write_if_changed(GENERATED_DIR / "attention_instances.inc", attention_registry(keys))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subset", choices=("full", "ci"), default="full")
     args = ap.parse_args()
     t = load_table()
     write_if_changed(ROOT / "csrc/include/paddle_gqa/generated/supported.h", supported_header(t))
+    write_attention(t, args.subset)
 
 
 if __name__ == "__main__":

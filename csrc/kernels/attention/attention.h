@@ -1,0 +1,33 @@
+// Entry point of the CUDA paged attention (DESIGN.md §2 semantics) used by the cuda:: launchers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "paddle_gqa/op_args.h"
+#include "paddle_gqa/step_rules.h"
+
+namespace paddle_gqa::cuda {
+
+struct AttentionInputs {
+  const void* q; int64_t q_row_stride; int64_t q_head_stride;  // elements; q[t][h][d], dtype of the shape
+  const void* k_cache; const void* v_cache;                     // [N,Hkv,bs,D], [N,Hkv,bs,Dv], contiguous
+  const int32_t* block_tables; const int32_t* cu_seqlens_q; const int32_t* cache_seqlens;
+  const float* sinks;                                           // [Hq] or nullptr
+  void* out;                                                    // [rows, Hq*Dv], dtype of the shape
+  const StepError* error;                                       // device record; all kernels do nothing when error->code != 0 (output untouched)
+};
+
+// Bytes of device scratch run_attention needs for this shape on a device with num_sms SMs (tile
+// map, split partials, LSE). Host-only arithmetic on the shape (no device data).
+size_t attention_workspace_bytes(const ProblemShape& shape, int num_sms);
+
+// Plans (on the device: tile map, per-slot split counts) and runs the attention; no host sync, no
+// allocation; graph-capturable. q strides must be multiples of 8 elements, all pointers 16-byte
+// aligned, workspace at least attention_workspace_bytes(shape, num_sms) bytes, 256-byte aligned.
+void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* workspace,
+                   size_t workspace_bytes, int num_sms, cudaStream_t stream);
+
+}  // namespace paddle_gqa::cuda

@@ -1,0 +1,280 @@
+// The paged attention kernel: FlashAttention-2-style forward over a paged KV cache with GQA rows
+// packed into the M tile, causal / sliding-window masks on boundary tiles only, sinks, and KV
+// splits whose partial results merge_kernel.cuh combines. Included by the generated
+// instantiation files (csrc/kernels/generated/attention_*.cu), one (dtype, D, Dv, G) each.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../cuda_check.h"
+#include "attention_params.h"
+#include "mma.cuh"
+#include "online_softmax.cuh"
+#include "paged_kv.cuh"
+#include "paddle_gqa/mask.h"
+#include "planner.cuh"
+#include "tile_size.h"
+
+namespace paddle_gqa::cuda::attn {
+
+inline constexpr float kLog2e = 1.4426950408889634f;
+
+// Grid (grid_tiles, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) takes q tile x of the
+// tile map (its slot b from tile_start), kv head kvh, and split s of that tile's KV tiles.
+template <typename T, int D, int DV, int GROUP, class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const AttentionParams p) {
+  constexpr int BM = Cfg::kBlockM;
+  constexpr int BN = Cfg::kBlockN;
+  constexpr int WN = Cfg::kWarpsN;
+  constexpr int NT = Cfg::kThreads;
+  constexpr int KW = Cfg::kWarpKeys;
+  constexpr int QS = D + kSmemPad;   // smem row pitch of Q and K (elements)
+  constexpr int VS = DV + kSmemPad;  // smem row pitch of V
+  constexpr int NB = KW / 8;         // score accumulator blocks per warp (8 keys each)
+  constexpr int NO = DV / 8;         // output accumulator blocks per warp (8 dims each)
+  constexpr int OS = DV + kEpiloguePad;
+  static_assert(D % 16 == 0 && DV % 16 == 0, "head dims are multiples of 16");
+
+  if (p.error->code != 0) return;
+  const int tile = blockIdx.x;
+  const int split = blockIdx.y;
+  const int kvh = blockIdx.z;
+  const int* tile_start = p.tile_start;
+  if (tile >= tile_start[p.batch]) return;
+  int b = 0;  // the last slot whose first tile is <= tile (idle slots own no tile)
+  for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
+    const int mid = (lo + hi) >> 1;
+    if (tile_start[mid] <= tile) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
+  }
+
+  const int G = GROUP > 0 ? GROUP : p.group;
+  const int64_t tok0 = p.cu_seqlens_q[b];
+  const int n = p.cu_seqlens_q[b + 1] - int(tok0);
+  const int cache_len = p.cache_seqlens[b];
+  const int kv_len = cache_len + n;
+  const int row0 = (tile - tile_start[b]) * BM;  // first packed row (token * G + head) of the tile
+  const int rows_here = min(BM, n * G - row0);
+
+  // Keys any row of the tile sees, [lo, hi], and keys every row sees, [full_lo, full_hi]:
+  // visible_keys is monotone in the position, so the first and last tokens bound both.
+  const KeyRange first = visible_keys(cache_len + row0 / G, kv_len, p.causal, p.sliding_window);
+  const KeyRange last = visible_keys(cache_len + (row0 + rows_here - 1) / G, kv_len, p.causal, p.sliding_window);
+  const int lo = int(first.lo), hi = int(last.hi);
+  const int full_lo = int(last.lo), full_hi = int(first.hi);
+  const int kt_first = lo <= hi ? lo / BN : 0;
+  const int kt_total = lo <= hi ? hi / BN - kt_first + 1 : 0;
+  const int n_splits = slot_num_splits(cache_len, n, p.causal, p.sliding_window, BN, p.max_splits);
+  if (split >= n_splits) return;
+  const int per_split = (kt_total + n_splits - 1) / n_splits;
+  const int kt_begin = kt_first + min(kt_total, split * per_split);
+  const int kt_end = kt_first + min(kt_total, (split + 1) * per_split);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wm = warp / WN;
+  const int wn = warp % WN;
+  const int g = lane >> 2;
+  const int t4 = lane & 3;
+
+  // Visible range of the thread's two accumulator rows (empty for padding rows).
+  int row_lo[2], row_hi[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = wm * 16 + g + 8 * i;
+    row_lo[i] = 1;
+    row_hi[i] = 0;
+    if (r < rows_here) {
+      const KeyRange kr = visible_keys(cache_len + (row0 + r) / G, kv_len, p.causal, p.sliding_window);
+      row_lo[i] = int(kr.lo);
+      row_hi[i] = int(kr.hi);
+    }
+  }
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* q_s = reinterpret_cast<T*>(smem_raw);  // [BM][QS]
+  T* k_s = q_s + BM * QS;                   // [2][BN][QS]
+  T* v_s = k_s + 2 * BN * QS;               // [2][BN][VS]
+
+  const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
+  const PagedHead<T, D> k_head{static_cast<const T*>(p.k_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
+  const PagedHead<T, DV> v_head{static_cast<const T*>(p.v_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
+
+  load_q_tile<T, D, BM, NT, GROUP>(q_s, static_cast<const T*>(p.q), p.q_row_stride, p.q_head_stride, tok0, row0,
+                                   rows_here, kvh, p.group, tid);
+  if (kt_begin < kt_end) {
+    load_kv_tile<T, D, BN, NT>(k_s, k_head, kt_begin * BN, lo, hi, tid);
+    load_kv_tile<T, DV, BN, NT>(v_s, v_head, kt_begin * BN, lo, hi, tid);
+  }
+  cp_async_commit();
+
+  float o[NO][4];
+#pragma unroll
+  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  OnlineSoftmax state;
+  state.init();
+
+  // Per-lane ldmatrix offsets (elements) within a warp's 16-row / 16-key slices.
+  const int q_off = (wm * 16 + (lane & 15)) * QS + (lane >> 4) * 8;
+  const int k_off = (wn * KW + ((lane >> 4) << 3) + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
+  const int v_off = (wn * KW + (lane & 7) + ((lane >> 3) & 1) * 8) * VS + (lane >> 4) * 8;
+
+  for (int kt = kt_begin; kt < kt_end; ++kt) {
+    const int stage = (kt - kt_begin) & 1;
+    if (kt + 1 < kt_end) {  // prefetch the next tile into the other stage while computing this one
+      load_kv_tile<T, D, BN, NT>(k_s + (stage ^ 1) * BN * QS, k_head, (kt + 1) * BN, lo, hi, tid);
+      load_kv_tile<T, DV, BN, NT>(v_s + (stage ^ 1) * BN * VS, v_head, (kt + 1) * BN, lo, hi, tid);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    // S = Q K^T for the warp's 16 rows x KW keys.
+    const T* k_stage = k_s + stage * BN * QS;
+    float s[NB][4];
+#pragma unroll
+    for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4(a, smem_u32(q_s + q_off + kk * 16));
+#pragma unroll
+      for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
+        uint32_t bk[4];
+        ldmatrix_x4(bk, smem_u32(k_stage + k_off + nb2 * 16 * QS + kk * 16));
+        mma_16816<T>(s[2 * nb2], a, bk[0], bk[1]);
+        mma_16816<T>(s[2 * nb2 + 1], a, bk[2], bk[3]);
+      }
+    }
+
+    // Scale into the exp2 domain; mask only where the tile is not visible to every row.
+    const int key_base = kt * BN + wn * KW + 2 * t4;
+    const bool full_tile = kt * BN >= full_lo && kt * BN + BN - 1 <= full_hi;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nb][e] *= p.scale_log2;
+        if (!full_tile) {
+          const int key = key_base + nb * 8 + (e & 1);
+          if (key < row_lo[e >> 1] || key > row_hi[e >> 1]) s[nb][e] = -INFINITY;
+        }
+      }
+    }
+    state.update(s, o);
+
+    // O += P V, P taken straight from the score accumulators as A fragments.
+    const T* v_stage = v_s + stage * BN * VS;
+#pragma unroll
+    for (int kk = 0; kk < KW / 16; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dn2 = 0; dn2 < NO / 2; ++dn2) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, smem_u32(v_stage + v_off + kk * 16 * VS + dn2 * 16));
+        mma_16816<T>(o[2 * dn2], pa, bv[0], bv[1]);
+        mma_16816<T>(o[2 * dn2 + 1], pa, bv[2], bv[3]);
+      }
+    }
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
+  }
+  state.finish();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Epilogue: each warp's (m, l, O) to shared memory, then all threads combine the kWarpsN key
+  // groups per row and write 4 consecutive dims each (coalesced).
+  float* e_o = reinterpret_cast<float*>(smem_raw);  // [WN][BM][OS]
+  float* e_m = e_o + WN * BM * OS;                  // [WN][BM]
+  float* e_l = e_m + WN * BM;                       // [WN][BM]
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = wm * 16 + g + 8 * i;
+    float* dst = e_o + (wn * BM + r) * OS + 2 * t4;
+#pragma unroll
+    for (int no = 0; no < NO; ++no) {
+      *reinterpret_cast<float2*>(dst + no * 8) = make_float2(o[no][2 * i], o[no][2 * i + 1]);
+    }
+    if (t4 == 0) {
+      e_m[wn * BM + r] = state.m[i];
+      e_l[wn * BM + r] = state.l[i];
+    }
+  }
+  __syncthreads();
+
+  const bool direct = n_splits == 1;
+  const int64_t hq = p.num_q_heads;
+#pragma unroll 1
+  for (int idx = tid; idx < BM * (DV / 4); idx += NT) {
+    const int r = idx / (DV / 4);
+    const int c = (idx % (DV / 4)) * 4;
+    if (r >= rows_here) continue;
+    const int R = row0 + r;
+    const int64_t token = tok0 + R / G;
+    const int64_t head = int64_t(kvh) * G + R % G;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < WN; ++w) mx = fmaxf(mx, e_m[w * BM + r]);
+    const float sink = (direct && p.sinks != nullptr) ? p.sinks[head] * kLog2e : -INFINITY;
+    mx = fmaxf(mx, sink);
+    float l = 0.f;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < WN; ++w) {
+        const float sc = fast_exp2(e_m[w * BM + r] - mx);
+        l += e_l[w * BM + r] * sc;
+        const float4 v = *reinterpret_cast<const float4*>(e_o + (w * BM + r) * OS + c);
+        acc[0] += v.x * sc;
+        acc[1] += v.y * sc;
+        acc[2] += v.z * sc;
+        acc[3] += v.w * sc;
+      }
+      l += fast_exp2(sink - mx);  // 0 without sinks
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    if (direct) {
+      T* dst = static_cast<T*>(p.out) + token * hq * DV + head * DV + c;
+      uint2 packed;
+      packed.x = pack2<T>(acc[0] * inv, acc[1] * inv);
+      packed.y = pack2<T>(acc[2] * inv, acc[3] * inv);
+      *reinterpret_cast<uint2*>(dst) = packed;
+    } else {
+      const int64_t slot_row = int64_t(split) * p.rows * hq + token * hq + head;
+      *reinterpret_cast<float4*>(p.partial_o + slot_row * DV + c) =
+          make_float4(acc[0] * inv, acc[1] * inv, acc[2] * inv, acc[3] * inv);
+      if (c == 0) p.partial_lse[slot_row] = l > 0.f ? mx + __log2f(l) : -INFINITY;
+    }
+  }
+}
+
+template <typename T, int D, int DV, int GROUP, class Cfg>
+void launch_config(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream) {
+  constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
+  static_assert(smem <= 227 * 1024, "attention tile exceeds Hopper's 227 KB of shared memory per block");
+  auto kernel = paged_attention_kernel<T, D, DV, GROUP, Cfg>;
+  PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(unsigned(plan.grid_tiles), unsigned(plan.max_splits), unsigned(p.num_kv_heads));
+  kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
+  PGQA_CUDA_CHECK_LAUNCH("paged_attention_kernel");
+}
+
+// Runs the attention kernel of the plan's config; the planner ran before and the merge runs after.
+template <typename T, int D, int DV, int GROUP>
+void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream) {
+  if (plan.decode) {
+    launch_config<T, D, DV, GROUP, DecodeConfig>(p, plan, stream);
+  } else {
+    launch_config<T, D, DV, GROUP, PrefillConfig>(p, plan, stream);
+  }
+}
+
+}  // namespace paddle_gqa::cuda::attn

@@ -1,0 +1,43 @@
+// The one flat parameter struct of the paged attention kernel family (attention, planner, merge).
+#pragma once
+
+#include <cstdint>
+
+#include "paddle_gqa/step_rules.h"
+
+namespace paddle_gqa::cuda::attn {
+
+// Filled once per call by run_attention (attention_dispatch.cu). Element counts unless noted.
+struct AttentionParams {
+  const void* q;                // [rows][Hq][D] at the strides below, dtype T
+  int64_t q_row_stride;         // elements between tokens; multiple of 8
+  int64_t q_head_stride;        // elements between heads; multiple of 8
+  const void* k_cache;          // [num_blocks][Hkv][block_size][D], dtype T, contiguous
+  const void* v_cache;          // [num_blocks][Hkv][block_size][Dv], dtype T, contiguous
+  const int32_t* block_tables;  // [B][max_blocks_per_seq]; only blocks in a slot's visible range are read
+  int64_t max_blocks_per_seq;
+  const int32_t* cu_seqlens_q;  // [B+1]; T = cu_seqlens_q[B]
+  const int32_t* cache_seqlens; // [B]
+  const float* sinks;           // [Hq] sink logits or nullptr
+  void* out;                    // [rows][Hq*Dv], dtype T
+  const StepError* error;       // device record; every kernel returns at once when error->code != 0
+
+  int32_t* tile_start;          // workspace [B+1]: first q tile of each slot (planner output)
+  float* partial_o;             // workspace [max_splits][rows*Hq][Dv]: per-split O / l (split runs only)
+  float* partial_lse;           // workspace [max_splits][rows*Hq]: per-split log2-sum-exp2 of scores
+
+  int64_t rows;                 // rows of q and out (>= T)
+  int batch;                    // B
+  int num_q_heads;              // Hq
+  int num_kv_heads;             // Hkv
+  int group;                    // G = Hq / Hkv (the runtime-group kernels read it)
+  int block_size_log2;          // log2(block_size); block_size is a power of two
+  int sliding_window;           // W > 0: keys p - W < j <= p; 0 = none
+  bool causal;
+  float scale_log2;             // softmax_scale * log2(e): scores are kept in the exp2 domain
+  int block_m;                  // q rows per tile of the chosen config (the planner's tile unit)
+  int block_n;                  // keys per KV tile of the chosen config
+  int max_splits;               // KV splits per tile (gridDim.y); 1 = every tile writes out directly
+};
+
+}  // namespace paddle_gqa::cuda::attn

@@ -1,0 +1,73 @@
+// Online softmax state of the two query rows a thread holds in an mma.m16n8 accumulator.
+//
+// Scores live in the exp2 domain: s = softmax_scale * log2(e) * <q, k>. After a set K of keys,
+//   m = max_{j in K} s_j,   l = sum_{j in K} 2^(s_j - m),   O = sum_{j in K} 2^(s_j - m) v_j.
+// Adding keys K' gives m' = max(m, max_{K'} s), and with alpha = 2^(m - m'):
+//   l' = alpha l + sum_{K'} 2^(s_j - m'),   O' = alpha O + sum_{K'} 2^(s_j - m') v_j.
+// While a row has seen only masked keys, m = -inf; the update then subtracts 0 instead of m', so
+// no inf - inf appears and masked keys contribute 2^-inf = 0. The row's result is O / l, and its
+// log2-sum-exp2 is m + log2(l); the sink term 2^(sink - m) joins l once, at the very end.
+#pragma once
+
+#include <cstdint>
+
+namespace paddle_gqa::cuda::attn {
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Row i of the thread (0: accumulator row g, 1: row g + 8) occupies elements 2i, 2i+1 of every
+// 16x8 accumulator block. l is thread-local (4 threads of a quad share a row) until finish().
+struct OnlineSoftmax {
+  float m[2];
+  float l[2];
+
+  __device__ __forceinline__ void init() {
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+  }
+
+  // s: this tile's scores (masked = -inf), replaced by their unnormalised probabilities;
+  // o: the output accumulator, rescaled to the new maximum.
+  template <int NB, int NO>
+  __device__ __forceinline__ void update(float (&s)[NB][4], float (&o)[NO][4]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = m[i];
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float base = mx == -INFINITY ? 0.f : mx;
+      const float alpha = fast_exp2(m[i] - base);
+      m[i] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        s[nb][2 * i] = fast_exp2(s[nb][2 * i] - base);
+        s[nb][2 * i + 1] = fast_exp2(s[nb][2 * i + 1] - base);
+        sum += s[nb][2 * i] + s[nb][2 * i + 1];
+      }
+      l[i] = l[i] * alpha + sum;
+#pragma unroll
+      for (int no = 0; no < NO; ++no) {
+        o[no][2 * i] *= alpha;
+        o[no][2 * i + 1] *= alpha;
+      }
+    }
+  }
+
+  // Sums l over the quad so every thread of a row holds the row's full l.
+  __device__ __forceinline__ void finish() {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+      l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    }
+  }
+};
+
+}  // namespace paddle_gqa::cuda::attn

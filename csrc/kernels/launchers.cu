@@ -1,0 +1,202 @@
+// The CUDA launchers of launchers.h: step check -> RoPE/cache write -> attention, on the caller's
+// stream, with the device-side error record read back once per call outside graph capture.
+#include "paddle_gqa/launchers.h"
+
+#include <cstddef>
+
+#include "attention/attention.h"
+#include "cuda_check.h"
+#include "paddle_gqa/errors.h"
+#include "paddle_gqa/step_rules.h"
+#include "rope_write_cache.cuh"
+#include "step_check.cuh"
+#include "workspace.h"
+
+namespace paddle_gqa::cuda {
+namespace {
+
+// The CUDA path stores every dtype-T tensor densely; validation has already required contiguity.
+StepData make_step_data(const ProblemShape& shape, const StepInputs& step, bool checks_reads, bool rope) {
+  StepData d;
+  d.block_tables = step.block_tables.ptr<const int32_t>();
+  d.cu_seqlens_q = step.cu_seqlens_q.ptr<const int32_t>();
+  d.cache_seqlens = step.cache_seqlens.ptr<const int32_t>();
+  d.batch = shape.batch;
+  d.rows = shape.rows;
+  d.max_blocks_per_seq = shape.max_blocks_per_seq;
+  d.num_blocks = shape.num_blocks;
+  d.block_size = shape.block_size;
+  d.max_position = rope ? shape.max_position : 0;
+  d.causal = shape.causal;
+  d.sliding_window = shape.sliding_window;
+  d.checks_reads = checks_reads;
+  return d;
+}
+
+RopeWriteParams make_rope_params(const ProblemShape& shape, const TensorView& qkv, const StepInputs& step,
+                                 const RopeInputs& rope, void* q_out, const StepError* error) {
+  const int64_t hq = shape.num_q_heads, hkv = shape.num_kv_heads, d = shape.head_dim, dv = shape.v_head_dim;
+  const int64_t bs = shape.block_size;
+  RopeWriteParams p{};
+  p.qkv = qkv.data;
+  p.qkv_row_stride = shape.qkv_width();
+  p.key_cache = step.key_cache.data;
+  p.k_head_stride = bs * d;
+  p.k_block_stride = hkv * bs * d;
+  p.k_slot_stride = d;
+  p.value_cache = step.value_cache.data;
+  p.v_head_stride = bs * dv;
+  p.v_block_stride = hkv * bs * dv;
+  p.v_slot_stride = dv;
+  p.q_out = q_out;
+  p.q_head_stride = d;
+  p.q_row_stride = hq * d;
+  p.block_tables = step.block_tables.ptr<const int32_t>();
+  p.cu_seqlens_q = step.cu_seqlens_q.ptr<const int32_t>();
+  p.cache_seqlens = step.cache_seqlens.ptr<const int32_t>();
+  if (shape.rotary_dim > 0) {
+    p.cos = rope.cos.ptr<const float>();
+    p.sin = rope.sin.ptr<const float>();
+    p.cos_row_stride = shape.rotary_dim / 2;
+    p.sin_row_stride = shape.rotary_dim / 2;
+  }
+  p.error = error;
+  p.dtype = shape.dtype;
+  p.rows = shape.rows;
+  p.batch = shape.batch;
+  p.num_blocks = shape.num_blocks;
+  p.max_blocks_per_seq = shape.max_blocks_per_seq;
+  p.max_position = shape.max_position;
+  p.num_q_heads = shape.num_q_heads;
+  p.num_kv_heads = shape.num_kv_heads;
+  p.head_dim = shape.head_dim;
+  p.v_head_dim = shape.v_head_dim;
+  p.block_size = shape.block_size;
+  p.rotary_dim = shape.rotary_dim;
+  p.neox_style = rope.neox_style;
+  return p;
+}
+
+AttentionInputs make_attention_inputs(const ProblemShape& shape, const void* q, int64_t q_row_stride,
+                                      int64_t q_head_stride, const StepInputs& step, const MaskInputs& mask,
+                                      const TensorView& out, const StepError* error) {
+  AttentionInputs in{};
+  in.q = q;
+  in.q_row_stride = q_row_stride;
+  in.q_head_stride = q_head_stride;
+  in.k_cache = step.key_cache.data;
+  in.v_cache = step.value_cache.data;
+  in.block_tables = step.block_tables.ptr<const int32_t>();
+  in.cu_seqlens_q = step.cu_seqlens_q.ptr<const int32_t>();
+  in.cache_seqlens = step.cache_seqlens.ptr<const int32_t>();
+  in.sinks = shape.has_sinks ? mask.sinks.ptr<const float>() : nullptr;
+  in.out = out.data;
+  in.error = error;
+  return in;
+}
+
+void require_output(const TensorView& t, const char* name) {
+  PGQA_CHECK_ARG(t.defined(), name, ": the CUDA launcher writes into a preallocated ", name,
+                 ", but none was given");
+}
+
+// Ends an op call. Outside capture: one small read-back of the record; a pending error from an
+// earlier captured call is raised (and cleared) first, then this call's own. Under capture the
+// record stays on the device for check_errors() or the next uncaptured call.
+void finish_call(StepErrorState* state, bool capturing, cudaStream_t stream) {
+  if (capturing) return;
+  StepError host[2];  // current, sticky: adjacent in StepErrorState
+  static_assert(offsetof(StepErrorState, sticky) == offsetof(StepErrorState, current) + sizeof(StepError),
+                "current and sticky must be adjacent so one copy reads both");
+  PGQA_CUDA_CHECK(cudaMemcpyAsync(host, &state->current, sizeof(host), cudaMemcpyDeviceToHost, stream));
+  PGQA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (host[1].code != 0) {
+    PGQA_CUDA_CHECK(cudaMemsetAsync(&state->sticky, 0, sizeof(StepError), stream));
+    PGQA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    throw InvalidArgument(str("invalid step data in an earlier call captured in a CUDA graph (nothing was "
+                              "written by it): ", describe(host[1])));
+  }
+  if (host[0].code != 0) throw InvalidArgument(describe(host[0]));
+}
+
+struct CallContext {
+  cudaStream_t stream;
+  int device;
+  bool capturing;
+  StepErrorState* state;
+};
+
+CallContext begin_call(const TensorView& first, void* stream_ptr) {
+  CallContext c;
+  c.stream = static_cast<cudaStream_t>(stream_ptr);
+  c.device = first.device_id;
+  c.capturing = is_capturing(c.stream);
+  c.state = step_error_state(c.device, c.capturing);
+  return c;
+}
+
+}  // namespace
+
+void rope_write_cache(const ProblemShape& shape, const TensorView& qkv, const StepInputs& step,
+                      const RopeInputs& rope, const TensorView& q_out, void* stream) {
+  require_output(q_out, "q_out");
+  DeviceGuard guard(qkv.device_id);
+  const CallContext c = begin_call(qkv, stream);
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/false, /*rope=*/true), c.state, c.capturing,
+                    c.stream);
+  launch_rope_write_cache(make_rope_params(shape, qkv, step, rope, q_out.data, &c.state->current), c.stream);
+  finish_call(c.state, c.capturing, c.stream);
+}
+
+void paged_attention(const ProblemShape& shape, const TensorView& q, const StepInputs& step,
+                     const MaskInputs& mask, const TensorView& out, void* stream) {
+  require_output(out, "out");
+  DeviceGuard guard(q.device_id);
+  const CallContext c = begin_call(q, stream);
+  const int sms = num_sms(c.device);
+  const size_t attn_bytes = attention_workspace_bytes(shape, sms);
+  void* ws = workspace(c.device, attn_bytes, c.capturing);
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/false), c.state, c.capturing,
+                    c.stream);
+  const int64_t d = shape.head_dim;
+  const AttentionInputs in = make_attention_inputs(shape, q.data, int64_t(shape.num_q_heads) * d, d, step, mask,
+                                                   out, &c.state->current);
+  if (shape.rows > 0) run_attention(shape, in, ws, attn_bytes, sms, c.stream);
+  finish_call(c.state, c.capturing, c.stream);
+}
+
+void append_attention(const ProblemShape& shape, const TensorView& qkv, const StepInputs& step,
+                      const RopeInputs& rope, const MaskInputs& mask, const TensorView& out, void* stream) {
+  require_output(out, "out");
+  DeviceGuard guard(qkv.device_id);
+  const CallContext c = begin_call(qkv, stream);
+  const int sms = num_sms(c.device);
+  // Workspace: the rotated queries [rows, Hq, D], then the attention kernel's scratch.
+  const int64_t q_row = int64_t(shape.num_q_heads) * shape.head_dim;
+  const size_t q_bytes = align_up(size_t(shape.rows) * size_t(q_row) * size_t(dtype_bytes(shape.dtype)));
+  const size_t attn_bytes = attention_workspace_bytes(shape, sms);
+  char* ws = static_cast<char*>(workspace(c.device, q_bytes + attn_bytes, c.capturing));
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/true), c.state, c.capturing,
+                    c.stream);
+  launch_rope_write_cache(make_rope_params(shape, qkv, step, rope, ws, &c.state->current), c.stream);
+  const AttentionInputs in = make_attention_inputs(shape, ws, q_row, shape.head_dim, step, mask, out,
+                                                   &c.state->current);
+  if (shape.rows > 0) run_attention(shape, in, ws + q_bytes, attn_bytes, sms, c.stream);
+  finish_call(c.state, c.capturing, c.stream);
+}
+
+void check_errors(int device_id) {
+  StepErrorState* state = existing_step_error_state(device_id);
+  if (state == nullptr) return;  // no call has run on this device
+  DeviceGuard guard(device_id);
+  StepError sticky;
+  // A synchronous point by design: wait for every captured replay that may set the record.
+  PGQA_CUDA_CHECK(cudaDeviceSynchronize());
+  PGQA_CUDA_CHECK(cudaMemcpy(&sticky, &state->sticky, sizeof(StepError), cudaMemcpyDeviceToHost));
+  if (sticky.code == 0) return;
+  PGQA_CUDA_CHECK(cudaMemset(&state->sticky, 0, sizeof(StepError)));
+  throw InvalidArgument(str("invalid step data in a call captured in a CUDA graph (nothing was written by it): ",
+                            describe(sticky)));
+}
+
+}  // namespace paddle_gqa::cuda

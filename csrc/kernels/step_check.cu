@@ -1,0 +1,80 @@
+// The step-check kernel: one warp per slot runs the rules of step_rules.h and the last CTA publishes
+// the error of the lowest failing slot.
+#include "step_check.cuh"
+
+#include "cuda_check.h"
+
+namespace paddle_gqa::cuda {
+namespace {
+
+constexpr int kWarpsPerCta = 8;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// A warp's quick test that slot b passes check_slot. It evaluates the same conditions as
+// check_slot, with the block-id scan spread over the 32 lanes, so it is true exactly when
+// check_slot(s, b) returns no error; the exact record is then computed by check_slot itself. All
+// lanes read the same scalars, so every branch before the ballot is warp-uniform.
+__device__ bool slot_passes(const StepData& s, int64_t b, int lane) {
+  const int32_t* cu = s.cu_seqlens_q;
+  if (b == 0 && cu[0] != 0) return false;
+  if (cu[b + 1] < cu[b]) return false;
+  if (b == s.batch - 1 && cu[s.batch] > s.rows) return false;
+  const int64_t cache_len = s.cache_seqlens[b];
+  if (cache_len < 0) return false;
+  const int64_t n = int64_t(cu[b + 1]) - cu[b];
+  if (n == 0) return true;
+  const int64_t kv_len = cache_len + n;
+  if (s.max_position > 0 && kv_len - 1 >= s.max_position) return false;
+  if (kv_len > s.max_blocks_per_seq * s.block_size) return false;
+  int64_t first_pos = cache_len;
+  if (s.checks_reads) {
+    const KeyRange r = slot_visible_keys(cache_len, kv_len, s.causal, s.sliding_window);
+    if (r.lo < first_pos) first_pos = r.lo;
+  }
+  const int32_t* row = s.block_tables + b * s.max_blocks_per_seq;
+  bool bad = false;
+  for (int64_t lb = first_pos / s.block_size + lane; lb <= (kv_len - 1) / s.block_size; lb += 32) {
+    const int32_t id = row[lb];
+    bad |= id < 0 || id >= s.num_blocks;
+  }
+  return !__any_sync(kFullMask, bad);
+}
+
+__global__ void __launch_bounds__(kWarpsPerCta * 32)
+step_check_kernel(StepData s, StepErrorState* state, bool keep_sticky) {
+  const int lane = threadIdx.x % 32;
+  const int64_t b = int64_t(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
+  if (b < s.batch && !slot_passes(s, b, lane) && lane == 0) {
+    if (check_slot(s, b).code != 0) atomicMin(&state->first_bad_slot, int32_t(b));
+  }
+
+  // Last-CTA publication: the CTA that finishes last sees every atomicMin of the others.
+  __shared__ bool is_last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    is_last = atomicAdd(&state->ctas_done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last || threadIdx.x != 0) return;
+  __threadfence();
+  const int32_t first = atomicAdd(&state->first_bad_slot, 0);
+  const StepError e = first == kNoBadSlot ? StepError{} : check_slot(s, first);
+  state->current = e;
+  if (keep_sticky && e.code != 0 && state->sticky.code == 0) state->sticky = e;
+  state->first_bad_slot = kNoBadSlot;
+  state->ctas_done = 0;
+  __threadfence();
+}
+
+}  // namespace
+
+void launch_step_check(const StepData& data, StepErrorState* state, bool keep_sticky, cudaStream_t stream) {
+  // At least one CTA, so a step with B = 0 still publishes a cleared record.
+  const int64_t ctas = data.batch > 0 ? (data.batch + kWarpsPerCta - 1) / kWarpsPerCta : 1;
+  PGQA_CHECK_ARG(ctas <= 0x7fffffff, "batch ", data.batch, " is too large for the step check");
+  step_check_kernel<<<unsigned(ctas), kWarpsPerCta * 32, 0, stream>>>(data, state, keep_sticky);
+  PGQA_CUDA_CHECK_LAUNCH("step_check_kernel");
+}
+
+}  // namespace paddle_gqa::cuda

@@ -1,0 +1,60 @@
+"""Custom-op attention backend: one `paddle_gqa.ops.append_attention` call per layer and step (RoPE,
+paged cache write and attention fused; the CPU and CUDA kernels of the package's extension)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from .. import kernel_table
+from ..spec import LayerSpec
+from .base import AttentionBackend, AttentionRunner
+from .metadata import StepMetadata
+
+
+class CustomOpRunner(AttentionRunner):
+    def __init__(self, spec: LayerSpec, rotary_cos=None, rotary_sin=None):
+        super().__init__(spec, rotary_cos, rotary_sin)
+        from .. import ops  # the compiled extension; imported when a layer is built, not at package import
+
+        self._append_attention = ops.append_attention
+
+    def forward(self, qkv, key_cache, value_cache, meta: StepMetadata, group: int, sinks=None):
+        self.check_inputs(qkv, key_cache, value_cache, sinks)
+        s = self.spec
+        return self._append_attention(
+            qkv, key_cache, value_cache, meta.block_tables[group], meta.cu_seqlens_q, meta.cache_seqlens,
+            self.rotary_cos, self.rotary_sin, sinks,
+            rotary_dim=self.rotary_dim, neox_style=self.neox_style, sliding_window=s.sliding_window,
+            causal=s.causal, softmax_scale=s.softmax_scale)
+
+
+class CustomOpBackend(AttentionBackend):
+    """The head-dim pairs and block sizes of kernel_table.py; fp32 on CPU only."""
+
+    name = "custom_op"
+
+    @classmethod
+    def validate(cls, spec: LayerSpec, *, dtype: Optional[str] = None, block_size: Optional[int] = None,
+                 device: Optional[str] = None) -> List[str]:
+        reasons = []
+        pair = (spec.head_dim, spec.v_head_dim)
+        if pair not in kernel_table.HEAD_DIMS:
+            built = ", ".join(f"{a}/{b}" for a, b in kernel_table.HEAD_DIMS)
+            reasons.append(f"head_dim/v_head_dim={pair[0]}/{pair[1]} has no kernel; built: {built}")
+        if block_size is not None and block_size not in kernel_table.BLOCK_SIZES:
+            reasons.append(f"block_size={block_size} has no kernel; built: "
+                           f"{', '.join(map(str, kernel_table.BLOCK_SIZES))}")
+        if device not in (None, "cpu", "gpu"):
+            reasons.append(f"device={device!r}: expected 'cpu' or 'gpu'")
+        if dtype is not None:
+            allowed = kernel_table.CUDA_DTYPES if device == "gpu" else kernel_table.CPU_DTYPES
+            if dtype not in allowed:
+                where = "on GPU" if device == "gpu" else "on CPU"
+                reasons.append(f"dtype={dtype!r} is not supported {where}; expected one of {', '.join(allowed)}"
+                               + (" (use bfloat16 or float16 on GPU)" if dtype == "float32" else ""))
+        rope = spec.rope
+        if rope is not None and (rope.rotary_dim <= 0 or rope.rotary_dim % 2 or rope.rotary_dim > spec.head_dim):
+            reasons.append(f"rope.rotary_dim={rope.rotary_dim}: expected even, > 0 and <= head_dim={spec.head_dim}")
+        return reasons
+
+    def make_runner(self, rotary_cos=None, rotary_sin=None) -> CustomOpRunner:
+        return CustomOpRunner(self.spec, rotary_cos, rotary_sin)
