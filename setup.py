@@ -130,7 +130,9 @@ include_dirs = [os.path.join(ROOT, "csrc", "include")]
 if WITH_CUDA:
     major, _minor = nvcc_version(CUDA_HOME)
     archs = gencode_flags(os.environ.get("PADDLE_GQA_CUDA_ARCHS", "80;90a"))
-    nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"] + common_defines + archs
+    # The same code-generation flags as scripts/build_cuda.py (the DLPack module), so both builds
+    # run identical kernels.
+    nvcc_flags = ["-O3", "-std=c++17", "-DNDEBUG", "--expt-relaxed-constexpr"] + common_defines + archs
     if len(archs) > 1:
         nvcc_flags.append(f"--threads={len(archs)}")
     if major >= 13:

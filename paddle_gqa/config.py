@@ -283,11 +283,27 @@ def _layer_kinds(d: Mapping, family: _Family, n: int) -> List[str]:
 _RESERVED_ROPE_KEYS = ("rope_type", "type", "rope_theta", "partial_rotary_factor")
 
 
+def _scaling_only(params: Mapping) -> Dict[str, Any]:
+    out = {k: v for k, v in params.items() if k not in _RESERVED_ROPE_KEYS and v is not None}
+    out["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    return out
+
+
+def _same_scaling(params: Mapping, legacy: Mapping) -> bool:
+    """Whether `rope_parameters` and a legacy `rope_scaling` describe the same scaling (a nested
+    rope_parameters is compared through its full-attention entry, where legacy scaling applies)."""
+    if not isinstance(params, Mapping) or not isinstance(legacy, Mapping):
+        return params == legacy
+    if params and set(params) <= set(LAYER_TYPES):
+        params = params.get(FULL) or {}
+    return _scaling_only(params) == _scaling_only(legacy)
+
+
 def _rope_params(d: Mapping, family: _Family) -> Dict[str, Dict[str, Any]]:
     """Per layer type, a dict with rope_type, rope_theta, partial_rotary_factor and the scaling keys."""
     params = d.get("rope_parameters")
     legacy = d.get("rope_scaling")
-    if params is not None and legacy is not None and params != legacy:
+    if params is not None and legacy is not None and not _same_scaling(params, legacy):
         raise ValueError(f"config fields rope_parameters={params!r} and rope_scaling={legacy!r} disagree; "
                          "keep one (transformers 5 writes rope_parameters)")
     source = "rope_parameters" if params is not None else "rope_scaling"

@@ -74,7 +74,7 @@ class CacheGroup:
             return 0
         last_dead_key = num_cached - window
         # Block b's last key is (b + 1) * block_size - 1; it is dead when that is <= last_dead_key.
-        num_dead = max(0, (last_dead_key + 2) // self.block_size)
+        num_dead = max(0, (last_dead_key + 1) // self.block_size)
         table = self._tables[req_id]
         freed = 0
         for b in range(min(num_dead, len(table))):

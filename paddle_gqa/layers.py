@@ -81,7 +81,7 @@ def _to_numpy(w) -> np.ndarray:
     return np.asarray(w)
 
 
-def _linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor]) -> paddle.Tensor:
+def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor]) -> paddle.Tensor:
     """x @ weight + bias. Paddle's CPU matmul has no bf16/fp16 kernel, so there it runs in float32 with
     one rounding of the result to x's dtype (what a low-precision GEMM with fp32 accumulation gives)."""
     low = x.dtype in (paddle.bfloat16, paddle.float16)
@@ -129,7 +129,7 @@ class _ShardedLinear(paddle.nn.Layer):
         return self.bias if is_bias else self.weight
 
     def forward(self, x):
-        return _linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class QKVParallelLinear(_ShardedLinear):
@@ -389,5 +389,7 @@ class Attention(paddle.nn.Layer):
         out = self.runner.forward(qkv, cache.key_cache(self.layer_idx), cache.value_cache(self.layer_idx),
                                   meta, cache.group_of(self.layer_idx), self.sinks)
         if self.gated:
-            out = out * paddle.nn.functional.sigmoid(parts["gate"].astype("float32")).astype(out.dtype)
+            # float32: Paddle's CPU has no bf16 sigmoid / add kernels, and one rounding is more exact anyway.
+            gate = paddle.nn.functional.sigmoid(parts["gate"].astype("float32"))
+            out = (out.astype("float32") * gate).astype(out.dtype)
         return self.o_proj(out)

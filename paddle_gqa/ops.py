@@ -46,13 +46,17 @@ def _run(op_name, inputs, attrs):
 def _append_legacy_static_op(op_name, inputs, attrs):
     """The op in a legacy (non-PIR) static program: caches map to themselves as outputs."""
     from paddle.base.layer_helper import LayerHelper
+    from paddle.utils.cpp_extension.extension_utils import parse_op_info
 
+    in_names, _, out_names = parse_op_info(op_name)
+    # Registered input names carry suffixes such as "@OPTIONAL"; absent optionals are left out.
+    op_inputs = {name: inputs[name.split("@")[0]] for name in in_names
+                 if inputs[name.split("@")[0]] is not None}
     helper = LayerHelper(op_name, **inputs)
-    out = helper.create_variable_for_type_inference(dtype=inputs[next(iter(inputs))].dtype)
-    outputs = {"out" if op_name != "rope_write_cache" else "q": out,
-               "key_cache_out": inputs["key_cache"], "value_cache_out": inputs["value_cache"]}
-    helper.append_op(type=op_name, inputs={k: v for k, v in inputs.items() if v is not None},
-                     outputs=outputs, attrs=attrs)
+    out = helper.create_variable_for_type_inference(dtype=op_inputs[in_names[0]].dtype)
+    outputs = {out_names[0]: out, "key_cache_out": inputs["key_cache"],
+               "value_cache_out": inputs["value_cache"]}
+    helper.append_op(type=op_name, inputs=op_inputs, outputs=outputs, attrs=attrs)
     return out
 
 

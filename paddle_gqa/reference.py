@@ -214,8 +214,11 @@ def paged_attention(q, key_cache, value_cache, block_tables, cu_seqlens_q, cache
                 continue  # no query of the chunk sees any key: zeros
             keys = _gather_keys(key_cache, block_tables, b, k_lo, k_hi, block_size)      # [Hkv, L, D]
             values = _gather_keys(value_cache, block_tables, b, k_lo, k_hi, block_size)  # [Hkv, L, Dv]
-            qc = q[start + c0:start + c1].reshape(c1 - c0, hkv, g, d).transpose(1, 0, 2, 3)  # [Hkv, m, G, D]
-            scores = scale * np.einsum("hmgd,hld->hmgl", qc, keys)
+            m_rows = c1 - c0
+            qc = q[start + c0:start + c1].reshape(m_rows, hkv, g, d).transpose(1, 0, 2, 3)  # [Hkv, m, G, D]
+            # Batched matmul over kv heads (BLAS): [Hkv, m*G, D] @ [Hkv, D, L] -> [Hkv, m, G, L].
+            scores = scale * np.matmul(qc.reshape(hkv, m_rows * g, d),
+                                       keys.transpose(0, 2, 1)).reshape(hkv, m_rows, g, -1)
             j = np.arange(k_lo, k_hi + 1)
             visible = (j[None, :] >= lo[:, None]) & (j[None, :] <= hi[:, None])  # [m, L]
             scores = np.where(visible[None, :, None, :], scores, -np.inf)
@@ -228,7 +231,7 @@ def paged_attention(q, key_cache, value_cache, block_tables, cu_seqlens_q, cache
             denom = p.sum(axis=-1)
             if sink is not None:
                 denom = denom + np.exp(sink[:, None, :] - m)
-            o = np.einsum("hmgl,hlv->hmgv", p, values) / denom[..., None]
+            o = np.matmul(p.reshape(hkv, m_rows * g, -1), values).reshape(hkv, m_rows, g, dv) / denom[..., None]
             o = np.where(any_visible[None, :, None, None], o, 0.0)
             out[start + c0:start + c1] = o.transpose(1, 0, 2, 3).reshape(c1 - c0, hq, dv)
     return out.reshape(rows, hq * dv)

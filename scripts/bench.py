@@ -47,6 +47,10 @@ def parse_args():
     ap.add_argument("--compile-timeout", type=int, default=150, help="seconds allowed for one flex compile")
     ap.add_argument("--deadline", type=float, default=0.0,
                     help="seconds after start past which no new case starts (0 = none); such cases are listed as not run")
+    ap.add_argument("--case-timeout", type=int, default=240, help="seconds one case's child process may take")
+    ap.add_argument("--in-process", action="store_true", help="run cases in this process (no isolation)")
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)       # child mode: one case or 'ceilings'
+    ap.add_argument("--one-json", default="", help=argparse.SUPPRESS)  # where the child writes its result
     return ap.parse_args()
 
 
@@ -390,7 +394,7 @@ def markdown(results, ceil, env, args):
                 notes.append(f"- {r['name']} / {pn}: {n}")
         met, detail = r.get("met"), r.get("met_detail", "")
         mtxt = {True: "met", False: "missed", None: "n/a"}[met]
-        lines.append(f"| {r['title']} | {u} | {ours} | {pct} | " + " | ".join(cells)
+        lines.append(f"| {r['name']}: {r['title']} | {u} | {ours} | {pct} | " + " | ".join(cells)
                      + f" | {r['target']} | {mtxt}: {detail} |")
     lines.append("")
     lines.append("Per case (ms; errors are relative Frobenius errors vs fp32 attention on sampled rows):")
@@ -461,54 +465,104 @@ def plot(results, ceil, path):
     fig.savefig(path, dpi=110)
 
 
-def main():
-    args = parse_args()
-    t0 = time.time()
-    os.makedirs(args.out, exist_ok=True)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench.py needs a CUDA GPU (torch.cuda.is_available() is False)")
-    cases = bc.select_cases([c for c in args.cases.split(",") if c] or None)
-    ops = None
-    if not args.peers_only:
-        from paddle_gqa import dlpack_ops  # the built DLPack module; run scripts/build_cuda.py first
-        ops = dlpack_ops
+def setup_child(args):
+    """Per-process setup: the op module (unless peers only) and dynamo's recompile limits."""
     # Every case shape compiles flex once; the default recompile limit (8) would drop later ones to eager.
     import importlib
     dynamo_config = importlib.import_module("torch._dynamo").config
     for key in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
         if hasattr(dynamo_config, key):
             setattr(dynamo_config, key, 256)
-    env = environment()
-    timer = Timer(args.quick)
-    ceil = ceilings(timer)
-    print(f"[bench] {env['gpu']}: copy {ceil['copy_tbps']:.2f} TB/s, matmul {ceil['matmul_tflops']:.0f} TFLOP/s", flush=True)
-    gen = torch.Generator(device="cuda").manual_seed(20261124)
-    results = []
-    for case in cases:
-        if args.deadline and time.time() - t0 > args.deadline:
-            results.append({"name": case.name, "title": case.title, "target": case.target,
-                            "skipped": f"--deadline {args.deadline:.0f} s passed"})
-            continue
-        tc = time.time()
-        try:
-            r = run_case(case, args, env, timer, ops, gen)
-            r["met"], r["met_detail"] = evaluate(r, ceil)
-        except Exception as e:
-            traceback.print_exc()
-            r = {"name": case.name, "title": case.title, "target": case.target,
-                 "error": f"{type(e).__name__}: {e}"[:600]}
-            torch.cuda.empty_cache()
-        r["seconds"] = time.time() - tc
-        results.append(r)
-        summary = {k: (v.get("ms") if "ms" in v else v.get("error", "")[:80]) for k, v in r.get("peers", {}).items()}
-        print(f"[bench] {case.name} ({r['seconds']:.0f} s): ours {our_ms(r) if 'peers' in r else r.get('error')} ms; "
-              f"peers {summary}", flush=True)
-    doc = {"env": env, "ceilings": ceil, "args": vars(args), "cases": results, "seconds": time.time() - t0}
+    if args.peers_only:
+        return None
+    from paddle_gqa import dlpack_ops  # the built DLPack module; run scripts/build_cuda.py first
+    return dlpack_ops
+
+
+def run_one(name, args):
+    """'ceilings' -> {env, ceilings}; a case name -> that case's result dict (errors caught and recorded)."""
+    if name == "ceilings":
+        return {"env": environment(), "ceilings": ceilings(Timer(args.quick))}
+    case = next(c for c in bc.CASES if c.name == name)
+    t = time.time()
+    try:
+        ops = setup_child(args)
+        gen = torch.Generator(device=DEVICE).manual_seed(20261124)
+        r = run_case(case, args, environment(), Timer(args.quick), ops, gen)
+    except Exception as e:
+        traceback.print_exc()
+        r = {"name": case.name, "title": case.title, "target": case.target, "error": f"{type(e).__name__}: {e}"[:600]}
+    r["seconds"] = time.time() - t
+    return r
+
+
+def run_isolated(name, args, tmp, timeout):
+    """run_one in a child process, so a kernel fault or a hang in one case cannot take the others down."""
+    path = os.path.join(tmp, f"{name}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--one-json", path,
+           "--compile-timeout", str(args.compile_timeout)]
+    cmd += ["--quick"] * args.quick + ["--peers-only"] * args.peers_only
+    t = time.time()
+    try:
+        rc = subprocess.run(cmd, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = f"killed after {timeout} s (--case-timeout)"
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"error": f"child process for {name} ended without a result (exit {rc})", "seconds": time.time() - t}
+
+
+def write_reports(results, ceil, env, args, t0, final):
+    doc = {"env": env, "ceilings": ceil, "args": vars(args), "cases": results, "seconds": time.time() - t0,
+           "complete": final}
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(doc, f, indent=1, default=str)
     md = markdown(results, ceil, env, args)
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(md)
+    return md
+
+
+def main():
+    args = parse_args()
+    if args.one:
+        res = run_one(args.one, args)
+        with open(args.one_json, "w") as f:
+            json.dump(res, f, default=str)
+        return
+    t0 = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    cases = bc.select_cases([c for c in args.cases.split(",") if c] or None)
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="bench_")
+    one = (lambda n, timeout: run_isolated(n, args, tmp, timeout)) if not args.in_process else \
+        (lambda n, timeout: run_one(n, args))
+    head = one("ceilings", 300)
+    if "ceilings" not in head:
+        raise SystemExit(f"ceilings failed: {head.get('error')}")
+    env, ceil = head["env"], head["ceilings"]
+    print(f"[bench] {env['gpu']}: copy {ceil['copy_tbps']:.2f} TB/s, matmul {ceil['matmul_tflops']:.0f} TFLOP/s", flush=True)
+    results = []
+    for case in cases:
+        left = args.deadline - (time.time() - t0) if args.deadline else None
+        if left is not None and left < 20:
+            results.append({"name": case.name, "title": case.title, "target": case.target,
+                            "skipped": f"--deadline {args.deadline:.0f} s reached"})
+            continue
+        timeout = int(min(args.case_timeout, left)) if left is not None else args.case_timeout
+        r = one(case.name, timeout)
+        r.setdefault("name", case.name)
+        r.setdefault("title", case.title)
+        r.setdefault("target", case.target)
+        if "peers" in r:
+            r["met"], r["met_detail"] = evaluate(r, ceil)
+        results.append(r)
+        summary = {k: (v.get("ms") if "ms" in v else v.get("error", "")[:60]) for k, v in r.get("peers", {}).items()}
+        print(f"[bench] {case.name} ({r.get('seconds', 0):.0f} s): ours "
+              f"{our_ms(r) if 'peers' in r else r.get('error')} ms; peers {summary}", flush=True)
+        write_reports(results, ceil, env, args, t0, final=False)  # partial results survive a later crash
+    md = write_reports(results, ceil, env, args, t0, final=True)
     try:
         plot(results, ceil, os.path.join(args.out, "bench.png"))
     except Exception as e:  # the numbers are written already; say why the picture is missing

@@ -173,17 +173,18 @@ def expect_error(label, fn, t, needle):
 
 
 def test_step_errors(rng):
-    base = dict(seqs=((20, 3), (0, 5), (33, 2)), bs=16)
+    # Tables long enough that no mutation below trips the RoPE position check first.
+    base = dict(seqs=((20, 3), (0, 5), (33, 2)), bs=16, max_position=1000)
     mutations = [
         ("cu_seqlens_q[0] != 0", lambda c: c.cu.__setitem__(0, 1), "cu_seqlens_q[0] = 1"),
         ("decreasing cu_seqlens_q", lambda c: c.cu.__setitem__(2, 2), "cu_seqlens_q[2] = 2 is less"),
-        ("cu_seqlens_q[B] > rows", lambda c: c.cu.__setitem__(3, c.rows + 4), f"exceeds the"),
+        ("cu_seqlens_q[B] > rows", lambda c: c.cu.__setitem__(3, c.rows + 4), "exceeds the"),
         ("negative cache_seqlens", lambda c: c.cache_lens.__setitem__(1, -3), "cache_seqlens[1] = -3"),
         ("block table overrun", lambda c: c.cache_lens.__setitem__(1, c.block_tables.shape[1] * c.bs),
          "exceeds block_tables capacity"),
         ("written block -1", lambda c: c.block_tables.__setitem__((2, 2), -1), "block_tables[2][2] = -1"),
         ("written block >= num_blocks", lambda c: c.block_tables.__setitem__((0, 1), c.k_cache.shape[0]),
-         f"block_tables[0][1] = "),
+         "block_tables[0][1] = "),
         ("lowest failing slot first", lambda c: (c.block_tables.__setitem__((2, 2), -1),
                                                  c.block_tables.__setitem__((1, 0), -7)), "block_tables[1][0] = -7"),
     ]
@@ -195,7 +196,7 @@ def test_step_errors(rng):
             fn = (lambda: call_rope(case, t)) if op == "rope_write_cache" else (lambda: call_append(case, t))
             expect_error(f"step check {op}: {name}", fn, t, needle)
     # Position past the RoPE tables (slot 2 reaches position 34; tables hold 30 positions).
-    case = Case(rng, max_position=30, **base)
+    case = Case(rng, **dict(base, max_position=30))
     t = case.tensors()
     expect_error("step check rope_write_cache: position past RoPE", lambda: call_rope(case, t), t,
                  "past the RoPE tables")
@@ -212,8 +213,8 @@ def test_step_errors(rng):
     except ValueError as e:
         check("step check rope_write_cache ignores blocks it only would read", False, str(e))
     # A block wholly outside every query's sliding window may be -1 (released).
-    case = Case(rng, window=8, **base)
-    case.block_tables[0, 0] = -1  # slot 0 sees keys 13..22 only
+    case = Case(rng, window=4, **base)
+    case.block_tables[0, 0] = -1  # slot 0's queries (positions 20..22) see keys 17..22 only
     t = case.tensors()
     try:
         call_append(case, t)
@@ -223,6 +224,75 @@ def test_step_errors(rng):
         check("step check append_attention: released block outside the window is allowed", False, str(e))
     # The op still works after an error (the record is per call).
     test_rope(rng, "after errors (record reset)", seqs=((3, 2), (9, 4)))
+
+
+def first_step_error(case, reads):
+    """A Python reading of check_slot (step_rules.h) over every slot: (needle of the message) or None."""
+    cu, cl, bt = case.cu.astype(np.int64), case.cache_lens.astype(np.int64), case.block_tables
+    nb, bs, batch, mbps = case.k_cache.shape[0], case.bs, len(case.cache_lens), case.block_tables.shape[1]
+    max_pos = 0 if case.cos is None else case.cos.shape[0]
+    for b in range(batch):
+        if b == 0 and cu[0] != 0:
+            return f"cu_seqlens_q[0] = {cu[0]}"
+        if cu[b + 1] < cu[b]:
+            return f"cu_seqlens_q[{b + 1}] = {cu[b + 1]} is less than"
+        if b == batch - 1 and cu[batch] > case.rows:
+            return f"cu_seqlens_q[{batch}] = {cu[batch]} (new tokens"
+        if cl[b] < 0:
+            return f"cache_seqlens[{b}] = {cl[b]} is negative"
+        n = cu[b + 1] - cu[b]
+        if n == 0:
+            continue
+        kv = cl[b] + n
+        if max_pos > 0 and kv - 1 >= max_pos:
+            return f"position {kv - 1} of slot {b}"
+        if kv > mbps * bs:
+            return f"cache_seqlens[{b}] + new tokens = {kv} exceeds"
+        first = cl[b]
+        if reads:
+            first = min(first, max(0, cl[b] - case.window + 1) if case.window > 0 else 0)
+        for lb in range(first // bs, (kv - 1) // bs + 1):
+            if bt[b, lb] < 0 or bt[b, lb] >= nb:
+                return f"block_tables[{b}][{lb}] = {bt[b, lb]} is not"
+    return None
+
+
+def test_step_fuzz(rng, cases):
+    """Random corruptions of a 20-slot step (3 CTAs of the check kernel): the device reports exactly
+    the error of the lowest failing slot that check_slot finds, and writes nothing then."""
+    agree = 0
+    details = []
+    for i in range(cases):
+        seqs = tuple((int(rng.integers(0, 60)), int(rng.integers(0, 5))) for _ in range(20))
+        case = Case(rng, seqs=seqs, group=2, max_position=int(rng.choice([1000, 50])),
+                    window=int(rng.choice([0, 5])))
+        for _ in range(int(rng.integers(0, 4))):
+            b = int(rng.integers(0, 20))
+            kind = int(rng.integers(0, 3))
+            if kind == 0:
+                case.cu[int(rng.integers(0, 21))] = int(rng.integers(-3, case.rows + 5))
+            elif kind == 1:
+                case.cache_lens[b] = int(rng.integers(-5, 200))
+            else:
+                nb = case.k_cache.shape[0]
+                case.block_tables[b, int(rng.integers(0, case.block_tables.shape[1]))] = int(
+                    rng.choice([-1, nb, nb + 7, int(rng.integers(0, nb))]))
+        op = "rope_write_cache" if i % 2 == 0 else "append_attention"
+        needle = first_step_error(case, reads=op == "append_attention")
+        t = case.tensors()
+        k_before = bits(t["key_cache"])
+        try:
+            (call_rope if op == "rope_write_cache" else call_append)(case, t)
+            torch.cuda.synchronize()
+            ok = needle is None
+            got = "no error"
+        except ValueError as e:
+            got = str(e)
+            ok = needle is not None and needle in got and np.array_equal(bits(t["key_cache"]), k_before)
+        agree += ok
+        if not ok:
+            details.append(f"case {i} {op}: expected {needle!r}, got {got!r}")
+    check(f"step check fuzz ({cases} random steps)", agree == cases, "; ".join(details[:3]))
 
 
 def test_graph_capture(rng):
@@ -312,6 +382,7 @@ def main():
         lambda: test_rope(rng, "bf16 128/64 gptj partial 64, bs 32", d=128, dv=64, rope="gptj", rotary_dim=64, bs=32),
         lambda: test_rope(rng, "bf16 no rope", rope=None),
         lambda: test_step_errors(rng),
+        lambda: test_step_fuzz(rng, 6 if args.quick else 40),
         lambda: test_graph_capture(rng),
     ]
     if not args.quick:

@@ -208,6 +208,34 @@ def _random(rng, shape, dtype: str, scale: float = 1.0) -> np.ndarray:
     return reference.round_to_dtype(x, dtype)
 
 
+def allocate_blocks(layout: Sequence[Tuple[int, int]], block_size: int, *, window: int = 0,
+                    causal: bool = True, spare_blocks: int = 3, rng=None) -> Tuple[np.ndarray, int]:
+    """Block tables [B, max_blocks_per_seq] int32 over shuffled physical ids, and num_blocks.
+
+    Every logical block up to kv_len gets a block, except (window > 0) those wholly before the
+    first key any of the slot's new queries sees: -1, as if released. One spare column of -1, and
+    `spare_blocks` physical blocks no table references.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    bs = block_size
+    needed = []
+    for cache_len, n in layout:
+        kv_len = cache_len + n
+        first = 0
+        if window > 0 and n > 0:
+            lo, _ = reference.visible_range(cache_len, kv_len, causal, window)
+            first = int(lo) // bs
+        needed.append(range(first, (kv_len + bs - 1) // bs))
+    max_blocks = max([r.stop for r in needed] + [1]) + 1
+    total = sum(len(r) for r in needed) + spare_blocks
+    physical = iter(rng.permutation(total))
+    tables = np.full((len(layout), max_blocks), -1, dtype=np.int32)
+    for b, r in enumerate(needed):
+        for lb in r:
+            tables[b, lb] = next(physical)
+    return tables, total
+
+
 def build_step(*, num_q_heads: int, num_kv_heads: int, head_dim: int, v_head_dim: int,
                block_size: int, dtype: str, layout: Sequence[Tuple[int, int]], window: int = 0,
                causal: bool = True, sinks: bool = False, rope: str = "none",
@@ -227,28 +255,12 @@ def build_step(*, num_q_heads: int, num_kv_heads: int, head_dim: int, v_head_dim
     cache_lens = np.array([c for c, _ in layout], dtype=np.int64)
     news = np.array([n for _, n in layout], dtype=np.int64)
     kv_lens = cache_lens + news
-    blocks_per_slot = [(int(k) + bs - 1) // bs for k in kv_lens]
-    max_blocks = max(blocks_per_slot + [1]) + 1  # one spare column of -1
-    # Logical blocks that must hold a block: everything up to kv_len, except (with a window) blocks
-    # before the first key any new query sees.
-    needed = []
-    for b in range(batch):
-        first = 0
-        if release_out_of_window and window > 0 and news[b] > 0:
-            lo, _ = reference.visible_range(int(cache_lens[b]), int(kv_lens[b]), causal, window)
-            first = int(lo) // bs
-        needed.append(list(range(first, blocks_per_slot[b])))
-    total = sum(len(x) for x in needed) + spare_blocks
-    physical = rng.permutation(total)
-    tables = np.full((batch, max_blocks), -1, dtype=np.int32)
+    tables, total = allocate_blocks(layout, bs, window=window if release_out_of_window else 0,
+                                    causal=causal, spare_blocks=spare_blocks, rng=rng)
     k_cache = np.full((total, hkv, bs, d), np.nan)
     v_cache = np.full((total, hkv, bs, dv), np.nan)
-    nxt = 0
     prefix_k, prefix_v = [], []
     for b in range(batch):
-        for lb in needed[b]:
-            tables[b, lb] = physical[nxt]
-            nxt += 1
         c = int(cache_lens[b])
         pk, pv = _random(rng, (c, hkv, d), dtype), _random(rng, (c, hkv, dv), dtype)
         prefix_k.append(pk)

@@ -150,6 +150,12 @@ def test_gemma3_wrapper_path_dir_and_alias(tmp_path):
     assert load_model_config(dict(hub, model_type="mimo_v2")) == load_model_config(hub)
 
 
+def test_rope_parameters_next_to_equal_legacy_rope_scaling():
+    cfg = _json("llama3_1_8b.json")
+    cfg["rope_parameters"] = dict(cfg["rope_scaling"], rope_theta=500000.0)
+    assert load_model_config(cfg) == load_model_config(CONFIGS / "llama3_1_8b.json")
+
+
 def test_input_dict_is_not_modified():
     cfg = _json("mimo_v2_flash_hub.json")
     before = copy.deepcopy(cfg)

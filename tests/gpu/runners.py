@@ -175,7 +175,8 @@ class TorchDlpackRunner(_Runner):
                                                                         8: np.uint64}[size])
 
     def cast(self, t, dtype: str):
-        return t.to({"float64": self.torch.float64, "int64": self.torch.int64, **self._dt}.get(dtype, dtype))
+        torch = self.torch
+        return t.to({"float64": torch.float64, "int64": torch.int64, "int32": torch.int32, **self._dt}[dtype])
 
     def noncontiguous(self, t):
         """A view with t's shape and values whose last dim has stride 2."""
@@ -190,29 +191,35 @@ class TorchDlpackRunner(_Runner):
         self.torch.cuda.synchronize()
 
 
-def paddle_gpu_available() -> bool:
-    """A CUDA-enabled Paddle with a visible GPU and paddle_gqa built with CUDA."""
-    try:
-        import paddle
-    except ImportError:
-        return False
-    if not paddle.is_compiled_with_cuda() or paddle.device.cuda.device_count() == 0:
-        return False
-    from paddle_gqa import ops
-
-    return ops.built_with_cuda()
-
-
-def dlpack_available() -> bool:
-    """torch with a CUDA device and the built DLPack module."""
+def dlpack_unavailable_reason():
+    """None when torch sees a CUDA device and the DLPack module is built, else why not."""
     try:
         import torch
     except ImportError:
-        return False
+        return "torch is not installed"
     if not torch.cuda.is_available():
-        return False
+        return "torch sees no CUDA device"
+    from paddle_gqa import dlpack_ops
+
     try:
-        from paddle_gqa import dlpack_ops  # noqa: F401
+        dlpack_ops.cuda_module()
+    except ImportError as e:
+        return f"the DLPack module is not built ({e})"
+    return None
+
+
+def paddle_gpu_unavailable_reason():
+    """None when a CUDA-enabled Paddle sees a GPU and paddle_gqa's library has CUDA, else why not."""
+    try:
+        import paddle
     except ImportError:
-        return False
-    return True
+        return "Paddle is not installed"
+    if not paddle.is_compiled_with_cuda():
+        return "Paddle is built without CUDA"
+    if paddle.device.cuda.device_count() == 0:
+        return "Paddle sees no GPU"
+    from paddle_gqa import ops
+
+    if not ops.built_with_cuda():
+        return "paddle_gqa's op library was built without CUDA"
+    return None

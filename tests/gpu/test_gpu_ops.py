@@ -1,0 +1,171 @@
+"""The CPU grid on CUDA (bf16 / fp16) through every available GPU runner, against the reference;
+bad input and untouched blocks on GPU; fp32 refused; the DLPack module's output arguments."""
+import numpy as np
+import pytest
+
+import cases
+
+APPEND_GRID = cases.sampled_grid(120, seed=11, dtypes=cases.CUDA_DTYPES)
+ROPE_GRID = cases.sampled_grid(30, seed=12, dtypes=cases.CUDA_DTYPES)
+PAGED_GRID = cases.sampled_grid(60, seed=13, dtypes=cases.CUDA_DTYPES)
+SPLIT_GRID = cases.sampled_grid(20, seed=14, dtypes=cases.CUDA_DTYPES)
+
+
+def _build(params):
+    p = dict(params)
+    return cases.build_named(p.pop("spec"), **p)
+
+
+@pytest.mark.parametrize("params", APPEND_GRID, ids=cases.grid_id)
+def test_append_attention(gpu_runner, params):
+    cases.run_append_and_check(gpu_runner, _build(params))
+
+
+@pytest.mark.parametrize("params", ROPE_GRID, ids=cases.grid_id)
+def test_rope_write_cache(gpu_runner, params):
+    cases.run_rope_write_and_check(gpu_runner, _build(params))
+
+
+@pytest.mark.parametrize("params", PAGED_GRID, ids=cases.grid_id)
+def test_paged_attention(gpu_runner, params):
+    cases.run_paged_and_check(gpu_runner, _build(params))
+
+
+@pytest.mark.parametrize("params", SPLIT_GRID, ids=cases.grid_id)
+def test_append_equals_rope_write_then_paged(gpu_runner, params):
+    cases.run_split_matches_fused(gpu_runner, _build(params))
+
+
+@pytest.mark.parametrize("group", cases.GROUP_SIZES + (5, 7, 12, 16))
+@pytest.mark.parametrize("dtype", cases.CUDA_DTYPES)
+def test_group_sizes(gpu_runner, group, dtype):
+    for spec in ("decode", "chunked_prefill"):
+        case = cases.build_named(cases.named_batch(spec, 16), num_q_heads=group * 2, num_kv_heads=2,
+                                 head_dim=128, v_head_dim=128, block_size=16, dtype=dtype, rope="neox",
+                                 sinks=group % 2 == 1, seed=300 + group)
+        cases.run_append_and_check(gpu_runner, case)
+
+
+@pytest.mark.parametrize("dims", cases.HEAD_DIMS, ids=lambda d: f"{d[0]}x{d[1]}")
+@pytest.mark.parametrize("block_size", cases.BLOCK_SIZES)
+@pytest.mark.parametrize("dtype", cases.CUDA_DTYPES)
+def test_head_dims_and_block_sizes(gpu_runner, dims, block_size, dtype):
+    for spec in ("decode", "mixed_idle"):
+        case = cases.build_named(cases.named_batch(spec, block_size), num_q_heads=6, num_kv_heads=2,
+                                 head_dim=dims[0], v_head_dim=dims[1], block_size=block_size, dtype=dtype,
+                                 rope="partial", sinks=True, seed=dims[0] + dims[1] + block_size)
+        cases.run_append_and_check(gpu_runner, case)
+
+
+SWA_SPECS = ("swa_window_1", "swa_window_odd", "swa_window_block", "swa_window_huge")
+
+
+@pytest.mark.parametrize("block_size", cases.BLOCK_SIZES)
+@pytest.mark.parametrize("spec_name", SWA_SPECS)
+def test_sliding_window_edges(gpu_runner, spec_name, block_size):
+    case = cases.build_named(cases.named_batch(spec_name, block_size), num_q_heads=6, num_kv_heads=2,
+                             head_dim=192, v_head_dim=128, block_size=block_size, dtype="bfloat16",
+                             rope="neox", sinks=True, seed=block_size + 1)
+    cases.run_append_and_check(gpu_runner, case)
+    cases.run_paged_and_check(gpu_runner, case)
+
+
+@pytest.mark.parametrize("dtype", cases.CUDA_DTYPES)
+def test_non_causal_and_scale(gpu_runner, dtype):
+    for scale in (0.0, 0.3):
+        case = cases.build_named(cases.named_batch("non_causal", 32), num_q_heads=8, num_kv_heads=2,
+                                 head_dim=128, v_head_dim=128, block_size=32, dtype=dtype, sinks=True,
+                                 rope="gptj", softmax_scale=scale, seed=9)
+        cases.run_append_and_check(gpu_runner, case)
+
+
+@pytest.mark.parametrize("dtype", cases.CUDA_DTYPES)
+@pytest.mark.parametrize("param", cases.BAD_INPUT_PARAMS, ids=cases.bad_input_id)
+def test_bad_input_raises_and_leaves_caches(gpu_runner, param, dtype):
+    bad, op = param
+    cases.run_bad_input(gpu_runner, dtype, bad, op, pytest.raises)
+
+
+@pytest.mark.parametrize("op", sorted(cases.OP_LETTERS.values()))
+def test_float32_is_refused(gpu_runner, op):
+    case = cases.bad_input_case("float32")
+    q_np = None
+    if op == "paged_attention":
+        case, q_np = cases.paged_case(case)
+    t = gpu_runner.load(case, q=q_np)
+    kb = gpu_runner.bits(t["key_cache"])
+    with pytest.raises(Exception, match=r"float32"):
+        gpu_runner.call(op, case, t)
+    assert np.array_equal(kb, gpu_runner.bits(t["key_cache"]))
+
+
+def _dlpack_bad(runner, op, mutate_out, match):
+    case = cases.bad_input_case("bfloat16")
+    q_np = None
+    if op == "paged_attention":
+        case, q_np = cases.paged_case(case)
+    t = runner.load(case, q=q_np)
+    out = mutate_out(runner.out_for(op, case, t))
+    kb, vb = runner.bits(t["key_cache"]), runner.bits(t["value_cache"])
+    with pytest.raises(ValueError, match=match):
+        runner.call(op, case, t, out=out)
+    assert np.array_equal(kb, runner.bits(t["key_cache"]))
+    assert np.array_equal(vb, runner.bits(t["value_cache"]))
+
+
+OUT_NAME = {"append_attention": r"\bout\b", "paged_attention": r"\bout\b", "rope_write_cache": r"\bq_out\b"}
+
+
+@pytest.mark.parametrize("op", sorted(cases.OP_LETTERS.values()))
+def test_dlpack_out_wrong_shape(dlpack_runner, op):
+    _dlpack_bad(dlpack_runner, op, lambda o: o[:-1], OUT_NAME[op])
+
+
+@pytest.mark.parametrize("op", sorted(cases.OP_LETTERS.values()))
+def test_dlpack_out_wrong_dtype(dlpack_runner, op):
+    import torch
+
+    _dlpack_bad(dlpack_runner, op, lambda o: o.to(torch.float16), OUT_NAME[op])
+
+
+@pytest.mark.parametrize("op", sorted(cases.OP_LETTERS.values()))
+def test_dlpack_out_noncontiguous(dlpack_runner, op):
+    _dlpack_bad(dlpack_runner, op, dlpack_runner.noncontiguous, OUT_NAME[op])
+
+
+@pytest.mark.parametrize("op", sorted(cases.OP_LETTERS.values()))
+def test_dlpack_out_on_cpu(dlpack_runner, op):
+    _dlpack_bad(dlpack_runner, op, lambda o: o.cpu(), OUT_NAME[op])
+
+
+@pytest.mark.parametrize("name", ["block_tables", "cu_seqlens_q", "cache_seqlens", "sinks"])
+def test_dlpack_input_on_cpu(dlpack_runner, name):
+    case = cases.bad_input_case("bfloat16")
+    t = dlpack_runner.load(case)
+    t[name] = t[name].cpu()
+    kb = dlpack_runner.bits(t["key_cache"])
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        dlpack_runner.call("append_attention", case, t)
+    assert np.array_equal(kb, dlpack_runner.bits(t["key_cache"]))
+
+
+def test_dlpack_explicit_stream(dlpack_runner):
+    # stream= runs the op on that stream; the result is right once the stream is synchronized.
+    import torch
+
+    case = cases.build_named(cases.named_batch("mixed_idle", 16), num_q_heads=6, num_kv_heads=2,
+                             head_dim=128, v_head_dim=128, block_size=16, dtype="bfloat16", rope="neox",
+                             sinks=True, seed=77)
+    r = dlpack_runner
+    t = r.load(case)
+    out = r.out_for("append_attention", case, t)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    from paddle_gqa import dlpack_ops
+
+    from gpu.runners import OP_INPUTS
+
+    dlpack_ops.append_attention(out, *[t.get(a) for a in OP_INPUTS["append_attention"]],
+                                **case.op_kwargs("append_attention"), stream=side.cuda_stream)
+    side.synchronize()
+    cases.check_output(case, r.values(out), case.ref_append_attention()[0])
