@@ -20,11 +20,11 @@ import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext as _setuptools_build_ext
-from distutils.errors import DistutilsExecError  # setuptools' distutils (imported after setuptools)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 EXT_NAME = "paddle_gqa._paddle_ops"
-VERSION = "0.1.0"
+with open(os.path.join(ROOT, "paddle_gqa", "__init__.py")) as _f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', _f.read(), re.M).group(1)
 
 
 def _env_choice(name, default, choices):
@@ -159,19 +159,22 @@ else:
         extra_compile_args={"cxx": list(cxx_flags), "nvcc": []},
     )
 
-class CompileFailed(DistutilsExecError):
-    pass
+class CompileFailed(subprocess.CalledProcessError):
+    """A failed compiler or linker command whose message carries the tool's own output."""
+
+    def __str__(self):
+        return f"exit code {self.returncode}: {' '.join(map(str, self.cmd))}\n{self.output}"
 
 
-def _spawn_capturing(cmd, **_kwargs):
+def _run_capturing(cmd, env=None, **_kwargs):
     """Runs one compiler or linker command, keeping its output so a failure carries the
     compiler's own message (Paddle's compile wrapper prints and swallows compile errors)."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     if proc.stdout:
         sys.stdout.write(proc.stdout)
         sys.stdout.flush()
     if proc.returncode != 0:
-        raise CompileFailed(f"exit code {proc.returncode}: {' '.join(cmd)}\n{proc.stdout}")
+        raise CompileFailed(proc.returncode, cmd, output=proc.stdout)
 
 
 class build_ext(BuildExtension):
@@ -192,9 +195,11 @@ class build_ext(BuildExtension):
                 failures.append((src, str(e)))
                 raise
 
-        # An instance attribute survives the copy.copy(compiler) each Paddle compile worker makes;
-        # _compile is patched on the class because each worker calls it on its own copy.
-        self.compiler.spawn = _spawn_capturing
+        # Instance attributes survive the copy.copy(compiler) each Paddle compile worker makes;
+        # _compile is patched on the class because each worker calls it on its own copy. Newer
+        # setuptools runs commands through `call`, older through `spawn`.
+        self.compiler.call = _run_capturing
+        self.compiler.spawn = _run_capturing
         compiler_cls._compile = compile_one
         self._force_rebuild_if_config_changed()
         try:

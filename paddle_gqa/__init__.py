@@ -9,8 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 # Submodules reachable as attributes of the package (loaded on first access).
-_SUBMODULES = ("ops", "kernel_table", "spec", "reference", "rope", "config", "kv_cache", "backends",
-               "layers", "demo")
+_SUBMODULES = ("ops", "dlpack_ops", "kernel_table", "spec", "reference", "rope", "config", "kv_cache",
+               "backends", "layers", "demo")
 
 
 def __getattr__(name):

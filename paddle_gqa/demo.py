@@ -19,7 +19,8 @@ import dataclasses
 import math
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+import warnings
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -53,7 +54,7 @@ OUTPUT_LEN = (2, 24)
 # Largest embedding table the demo allocates (token ids are synthetic, so a real vocab adds nothing).
 MAX_DEMO_VOCAB = 4096
 # Verification tolerance on final hidden states, relative to their largest magnitude, by dtype.
-VERIFY_TOL = {"float32": 1e-3, "float16": 3e-2, "bfloat16": 6e-2}
+VERIFY_TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +312,8 @@ def serve(model, cache, requests: Sequence[Request], *, token_budget: int, max_b
     while not sch.idle:
         sched = sch.next_step()
         if not sched:
-            raise RuntimeError("no request fits in the cache: raise --cache-blocks or lower the request lengths")
+            raise RuntimeError(f"no request could be scheduled: {len(sch.waiting)} waiting, none fits in the "
+                               f"{cache.num_blocks}-block cache")
         meta = build_step_metadata(cache, [(r.rid, n) for r, n in sched], place=place)
         ids = np.concatenate([r.tokens[r.computed:r.computed + n] for r, n in sched]).astype(np.int64)
         hidden = model(paddle.to_tensor(ids, place=place), meta, cache)
@@ -329,6 +331,7 @@ def serve(model, cache, requests: Sequence[Request], *, token_budget: int, max_b
                 r.hidden.append(hidden[row:row + n].astype("float32").numpy())
             row += n
             stats["prefill_tokens" if r.computed < r.prompt_len else "decode_tokens"] += n
+            stats["partial_prefill_chunks"] += int(r.computed + n < r.prompt_len)
         stats["steps"] += 1
         stats["mixed_steps"] += int(len({r.computed < r.prompt_len for r, _ in sched}) > 1)
         stats["max_batch_seen"] = max(stats["max_batch_seen"], len(sched))
@@ -398,6 +401,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    warnings.filterwarnings("ignore", message="No ccache found")  # printed by Paddle's extension loader
     import paddle
 
     from .config import load_model_config
@@ -441,7 +445,8 @@ def main(argv=None) -> int:
                   progress=not args.no_progress)
     fed = stats["prefill_tokens"] + stats["decode_tokens"]
     print(f"served {len(requests)} requests in {stats['steps']} steps ({stats['mixed_steps']} mixed "
-          f"prefill+decode, up to {stats['max_batch_seen']} requests per step): {stats['prefill_tokens']} prefill "
+          f"prefill+decode, {stats.get('partial_prefill_chunks', 0)} partial prefill chunks, up to "
+          f"{stats['max_batch_seen']} requests per step): {stats['prefill_tokens']} prefill "
           f"+ {stats['decode_tokens']} decode tokens in {stats['seconds']:.2f} s = {fed / stats['seconds']:.0f} "
           f"tokens/s")
     per_layer = "+".join(str(s.num_kv_heads * (s.head_dim + s.v_head_dim) * cache.dtype_bytes) for s in config.layers)

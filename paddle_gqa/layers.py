@@ -82,14 +82,16 @@ def _to_numpy(w) -> np.ndarray:
 
 
 def linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor]) -> paddle.Tensor:
-    """x @ weight + bias. Paddle's CPU matmul has no bf16/fp16 kernel, so there it runs in float32 with
-    one rounding of the result to x's dtype (what a low-precision GEMM with fp32 accumulation gives)."""
-    low = x.dtype in (paddle.bfloat16, paddle.float16)
-    if low and x.place.is_cpu_place():
+    """x @ weight + bias in weight's dtype (x is cast to it). Paddle's CPU matmul has no bf16/fp16
+    kernel, so there it runs in float32 with one rounding of the result (what a low-precision GEMM
+    with fp32 accumulation gives)."""
+    if x.dtype != weight.dtype:
+        x = x.astype(weight.dtype)
+    if x.dtype in (paddle.bfloat16, paddle.float16) and x.place.is_cpu_place():
         y = paddle.matmul(x.astype("float32"), weight.astype("float32"))
         if bias is not None:
             y = y + bias.astype("float32")
-        return y.astype(x.dtype)
+        return y.astype(weight.dtype)
     y = paddle.matmul(x, weight)
     return y + bias if bias is not None else y
 
@@ -270,7 +272,8 @@ class RowParallelLinear(_ShardedLinear):
         w = _to_numpy(loaded_weight)
         if param is self.weight:
             if w.shape != (self.out_features, self.global_in):
-                raise ValueError(f"o_proj weight shape={list(w.shape)}: expected [{self.out_features}, {self.global_in}]")
+                raise ValueError(f"o_proj weight shape={list(w.shape)}: expected "
+                                 f"[{self.out_features}, {self.global_in}]")
             lo = self.tp_rank * self.in_features
             # [out, in_r] -> transpose into [in_r, out]: copy as "output rows" of a transposed view.
             t = paddle.to_tensor(np.ascontiguousarray(w[:, lo:lo + self.in_features].T, dtype=np.float32),
@@ -287,17 +290,25 @@ class RowParallelLinear(_ShardedLinear):
 
 
 class HeadRMSNorm(paddle.nn.Layer):
-    """RMSNorm over the last dim of [rows, heads, dim], one weight [dim] shared by all heads (q/k norm)."""
+    """RMSNorm over the last dim of [rows, heads, dim], one weight [dim] shared by all heads (q/k norm).
 
-    def __init__(self, dim: int, eps: float, dtype: str):
+    offset 0: y = w * round(x / rms(x)) (Qwen3: normalised in fp32, rounded to x's dtype, then scaled);
+    offset 1: y = round((1 + w) * x / rms(x)) (Gemma3 / Qwen3-Next store the scale minus one)."""
+
+    def __init__(self, dim: int, eps: float, dtype: str, offset: float = 0.0):
         super().__init__()
         self.eps = eps
-        self.weight = self.create_parameter([dim], dtype=dtype, default_initializer=paddle.nn.initializer.Constant(1.0))
+        self.offset = offset
+        init = paddle.nn.initializer.Constant(1.0 - offset)
+        self.weight = self.create_parameter([dim], dtype=dtype, default_initializer=init)
 
     def forward(self, x):
         xf = x.astype("float32")
         xf = xf * paddle.rsqrt((xf * xf).mean(axis=-1, keepdim=True) + self.eps)
-        return (self.weight.astype("float32") * xf.astype(x.dtype).astype("float32")).astype(x.dtype)
+        w = self.weight.astype("float32")
+        if self.offset:
+            return ((w + self.offset) * xf).astype(x.dtype)
+        return (w * xf.astype(x.dtype).astype("float32")).astype(x.dtype)
 
 
 class Attention(paddle.nn.Layer):
@@ -306,11 +317,19 @@ class Attention(paddle.nn.Layer):
     forward(hidden [rows, hidden_size], meta, cache) -> this rank's partial o_proj output
     [rows, hidden_size] (sum over ranks = the layer's output). `cache` is a PagedKVCache built from
     this rank's `local_spec`s; the layer reads its caches by `layer_idx`.
+
+    qk_norm: per-head RMSNorm of q and k before RoPE (qk_norm_offset 1.0 for Gemma3 / Qwen3-Next,
+    whose checkpoints store the scale minus one). gated: output gate of width Hq*Dv, applied as
+    out * sigmoid(gate) before o_proj (Qwen3-Next: pass its doubled q_proj as "q_gate_proj").
+    dtype: of the projections, qkv, caches and output. rotary_tables: (cos, sin) to share between
+    layers with equal RoPE (default: computed from spec.rope). block_size: checked against the
+    backend's kernels when given.
     """
 
     def __init__(self, spec: LayerSpec, hidden_size: int, *, layer_idx: int, tp_rank: int = 0, tp_size: int = 1,
                  backend: str = "custom_op", attention_bias: bool = False, o_proj_bias: bool = False,
-                 qk_norm: bool = False, rms_norm_eps: float = 1e-6, gated: bool = False, dtype: str = "float32",
+                 qk_norm: bool = False, rms_norm_eps: float = 1e-6, qk_norm_offset: float = 0.0,
+                 gated: bool = False, dtype: str = "float32",
                  rotary_tables: Optional[Tuple[paddle.Tensor, paddle.Tensor]] = None, block_size: Optional[int] = None):
         super().__init__()
         self.spec = spec
@@ -318,14 +337,13 @@ class Attention(paddle.nn.Layer):
         self.layout = TPLayout(spec.num_heads, spec.num_kv_heads, tp_rank, tp_size)
         self.local_spec = shard_layer_spec(spec, tp_size, tp_rank)
         self.gated = gated
-        self.dtype_name = dtype
-        linear = QKVGateParallelLinear if gated else QKVParallelLinear
-        self.qkv_proj = linear(hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.v_head_dim,
+        qkv_cls = QKVGateParallelLinear if gated else QKVParallelLinear
+        self.qkv_proj = qkv_cls(hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.v_head_dim,
                                bias=attention_bias, tp_rank=tp_rank, tp_size=tp_size, dtype=dtype)
         self.o_proj = RowParallelLinear(spec.num_heads * spec.v_head_dim, hidden_size, bias=o_proj_bias,
                                         tp_rank=tp_rank, tp_size=tp_size, dtype=dtype)
-        self.q_norm = HeadRMSNorm(spec.head_dim, rms_norm_eps, dtype) if qk_norm else None
-        self.k_norm = HeadRMSNorm(spec.head_dim, rms_norm_eps, dtype) if qk_norm else None
+        self.q_norm = HeadRMSNorm(spec.head_dim, rms_norm_eps, dtype, qk_norm_offset) if qk_norm else None
+        self.k_norm = HeadRMSNorm(spec.head_dim, rms_norm_eps, dtype, qk_norm_offset) if qk_norm else None
         # Sinks stay float32 whatever the model dtype (the ops take them as fp32 logits).
         self.sinks = (self.create_parameter([self.layout.q_heads], dtype="float32",
                                             default_initializer=paddle.nn.initializer.Constant(0.0))
@@ -374,6 +392,8 @@ class Attention(paddle.nn.Layer):
         self.qkv_proj.load_weights(qkv)
 
     def forward(self, hidden: paddle.Tensor, meta: StepMetadata, cache) -> paddle.Tensor:
+        """hidden [meta.num_rows, hidden_size] (cast to the layer dtype) -> [rows, hidden_size] partial
+        output in the layer dtype. Writes this step's K/V into the layer's cache tensors in place."""
         s = self.local_spec
         rows = hidden.shape[0]
         y = self.qkv_proj(hidden)

@@ -14,11 +14,12 @@ Shapes (per step: B batch slots, T new tokens packed without padding, rows >= T)
   sinks          fp32 [Hq]                          optional per-head sink logits
 
 Bad input raises ValueError (in dygraph and static graphs alike) whose message names the argument,
-its value and what was expected; nothing is written then. This module imports paddle, and loads the compiled
-library, only when an op is first called.
+its value and what was expected; nothing is written then. This module imports paddle, and loads the
+compiled library, only when an op is first called.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -28,19 +29,41 @@ __all__ = ["append_attention", "rope_write_cache", "paged_attention", "check_err
            "built_with_cuda"]
 
 
-def _run(op_name, inputs, attrs):
-    """Runs custom op `op_name` and returns its first output (the later ones are the in-place
-    caches, which the caller already holds)."""
+@functools.lru_cache(maxsize=None)
+def _runtime():
+    """(paddle, paddle._C_ops, in_dynamic_or_pir_mode), imported, with the op library loaded."""
+    import paddle
     from paddle import _C_ops
     from paddle.framework import in_dynamic_or_pir_mode
 
     from paddle_gqa._load import library
 
     library()
+    return paddle, _C_ops, in_dynamic_or_pir_mode
+
+
+def _run(op_name, inputs, attrs):
+    """Runs custom op `op_name` and returns its first output (the later ones are the in-place
+    caches, which the caller already holds)."""
+    paddle, _C_ops, in_dynamic_or_pir_mode = _runtime()
+    if op_name != "paged_attention" and paddle.in_dynamic_mode():
+        _check_caches_contiguous(inputs)
     if not in_dynamic_or_pir_mode():
         return _append_legacy_static_op(op_name, inputs, attrs)
     outs = _C_ops._run_custom_op(op_name, *inputs.values(), *attrs.values())
     return outs[0]
+
+
+def _check_caches_contiguous(inputs):
+    """Paddle hands a custom op a contiguous copy of a strided input, so in-place writes into a
+    strided cache view would land in that copy and be lost: refuse such a cache up front."""
+    for name in ("key_cache", "value_cache"):
+        t = inputs[name]
+        if not t.is_contiguous():
+            raise ValueError(
+                f"{name}: shape {list(t.shape)} with strides {list(t.strides)} is not contiguous: "
+                f"expected a contiguous tensor, since the op writes it in place (pass the cache "
+                f"tensor itself, not a strided view of it)")
 
 
 def _append_legacy_static_op(op_name, inputs, attrs):

@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "round_to_dtype",
+    "apply_rope",
     "split_qkv",
     "visible_range",
     "rope_write_cache",
@@ -88,8 +89,8 @@ def visible_range(p, kv_len: int, causal: bool, sliding_window: int):
     return lo, hi
 
 
-def _rotate(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-            rotary_dim: int, neox_style: bool) -> np.ndarray:
+def apply_rope(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+               rotary_dim: int, neox_style: bool) -> np.ndarray:
     """RoPE on the first rotary_dim dims of x [n, H, D] at `positions` [n]; the rest pass through.
 
     Pairs (a, b) become (a*cos - b*sin, b*cos + a*sin): neox pairs k with k + rotary_dim/2,
@@ -158,8 +159,8 @@ def rope_write_cache(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, ca
         positions = np.arange(cache_len, cache_len + n)
         q, k, v = q_all[start:start + n], k_all[start:start + n], v_all[start:start + n]
         if rotary_cos is not None:
-            q = _rotate(q, positions, rotary_cos, rotary_sin, rotary_dim, neox_style)
-            k = _rotate(k, positions, rotary_cos, rotary_sin, rotary_dim, neox_style)
+            q = apply_rope(q, positions, rotary_cos, rotary_sin, rotary_dim, neox_style)
+            k = apply_rope(k, positions, rotary_cos, rotary_sin, rotary_dim, neox_style)
         # The op returns q in the input dtype, so attention sees the rounded rotated query.
         q_out[start:start + n] = round_to_dtype(q, dtype)
         blocks, offsets = _cache_location(block_tables, b, positions, block_size)

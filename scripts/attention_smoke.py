@@ -19,7 +19,7 @@ NVCC = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc
 FLAGS = ["-gencode=arch=compute_90a,code=sm_90a", "-std=c++17", "-O3", f"-I{ROOT / 'csrc/include'}"]
 
 
-def compile_all(build: pathlib.Path, log) -> pathlib.Path:
+def compile_all(build: pathlib.Path, log, defines=()) -> pathlib.Path:
     subprocess.run([sys.executable, str(ROOT / "scripts/gen_kernels.py"), "--subset", "ci"], check=True)
     sources = sorted((ROOT / "csrc/kernels/generated").glob("attention_*.cu"))
     sources += [ROOT / "csrc/kernels/attention/planner.cu", ROOT / "csrc/kernels/attention/attention_dispatch.cu",
@@ -28,7 +28,7 @@ def compile_all(build: pathlib.Path, log) -> pathlib.Path:
 
     def one(src):
         obj = build / (src.stem + ".o")
-        r = subprocess.run([NVCC, *FLAGS, "-Xptxas", "-v", "-c", str(src), "-o", str(obj)],
+        r = subprocess.run([NVCC, *FLAGS, *[f"-D{d}" for d in defines], "-Xptxas", "-v", "-c", str(src), "-o", str(obj)],
                            capture_output=True, text=True)
         return src, obj, r
 
@@ -81,6 +81,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "build/attention_smoke"))
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra bench build: comma-separated NAME=VALUE defines")
+    ap.add_argument("--variant-cases", default="decode_g3,decode_long,decode_192,prefill_g3,prefill_192",
+                    help="comma-separated name prefixes of the bench cases the variants run")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +95,12 @@ def main():
     rc = subprocess.run([str(exe)]).returncode
     if args.bench:
         rc |= subprocess.run([str(exe), "--bench"]).returncode
+        for i, var in enumerate(args.variant):
+            defs = [d for d in var.split(",") if d]
+            with open(out / f"compile_v{i}.log", "w") as log:
+                vexe = compile_all(ROOT / f"build/attention_smoke_v{i}", log, defs)
+            print(f"--- variant {var}", flush=True)
+            subprocess.run([str(vexe), "--bench", args.variant_cases])
         try:
             torch_peers()
         except ImportError as e:

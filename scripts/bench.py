@@ -178,6 +178,8 @@ def check_and_time_ours(ops, case, groups, sets, picks, timer, full_reference: b
         if before is not None:
             res["append_cache_unchanged"] = bool(torch.equal(before[0], s.key_cache) and torch.equal(before[1], s.value_cache))
             del before
+        res["append_correct"] = (res["append_unwritten"] == 0 and res["append_rel_err"] <= bc.REL_ERR_LIMIT
+                                 and res.get("append_cache_unchanged", True))
         res["append_ms"] = timer(run_a, sets)
         # With RoPE tables (rotary_dim = D): the full fused step. Timed only; it rewrites the step's keys
         # rotated, so it comes after every check of this case.
@@ -412,7 +414,8 @@ def markdown(results, ceil, env, args):
                 if "paged_error" in o:
                     bits.append(f"paged error `{o['paged_error']}`")
                 if "append_ms" in o:
-                    bits.append(f"append_attention {_fmt(o['append_ms'], 4)} ms (err {_fmt(o.get('append_rel_err'), 5)}, "
+                    bits.append(f"append_attention {_fmt(o['append_ms'], 4)} ms{'' if o.get('append_correct') else ' (WRONG)'} "
+                            f"(err {_fmt(o.get('append_rel_err'), 5)}, "
                                 f"cache unchanged: {o.get('append_cache_unchanged', 'not checked')}), "
                                 f"with RoPE {_fmt(o.get('append_rope_ms'), 4)} ms")
                 if "append_error" in o:

@@ -23,7 +23,7 @@ from paddle_gqa import dlpack_ops as ops  # noqa: E402
 from paddle_gqa import reference as ref  # noqa: E402
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-# Half an ulp at 1.0 of each dtype: the kernel rounds an fp32 result, the reference a float64 one,
+# One ulp relative to the value, per dtype: the kernel rounds an fp32 result, the reference a float64 one,
 # so they may differ by one ulp of the stored value.
 ULP = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}
 
@@ -126,7 +126,8 @@ def call_append(case, t, **kw):
 
 
 def within_ulp(got, want, dtype):
-    tol = ULP[dtype] * np.abs(want) + 1e-30
+    # The absolute term covers fp32 cancellation in a*c - b*s (|a|, |b| < 8 here) and fp16 subnormals.
+    tol = ULP[dtype] * np.abs(want) + 1e-6
     return np.all(np.abs(got - want) <= tol), float(np.mean(got == want))
 
 

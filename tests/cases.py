@@ -622,10 +622,27 @@ def _with(arr, idx, value):
     return arr
 
 
+def _merged_heads(name):
+    """A cache with its Hkv and block_size dims merged: rank 3."""
+    return lambda r, c, t: r.tensor(getattr(c, name).reshape(c.num_blocks, -1, getattr(c, name).shape[3]), c.dtype)
+
+
+def _short_rope_tables(r, c, t, a):
+    # RoPE tables of 40 rows: slot 2 writes position 40.
+    t.update(rotary_cos=r.fp32(c.rotary_cos[:40]), rotary_sin=r.fp32(c.rotary_sin[:40]))
+
+
+def _overrun_block_tables(r, c, t, a):
+    # Slot 0's kv_len exceeds max_blocks_per_seq * block_size. Without RoPE tables, else the
+    # position check (which comes first) fires instead.
+    _ints("cache_seqlens", lambda x, c: _with(x, 0, c.block_tables.shape[1] * c.block_size))(r, c, t, a)
+    t.update(rotary_cos=None, rotary_sin=None)
+
+
 BAD_INPUTS = [
     # dtypes
     BadInput("qkv_float64", "AR", r"\bqkv\b", _set("qkv", lambda r, c, t: r.cast(t["qkv"], "float64"))),
-    BadInput("qkv_int32", "AR", r"\bqkv\b", _set("qkv", lambda r, c, t: r.cast(t["qkv"], "int32"))),
+    BadInput("qkv_int32", "AR", r"\bqkv\b", _set("qkv", lambda r, c, t: r.raw(np.ones(c.qkv.shape, np.int32)))),
     BadInput("q_float64", "P", r"\bq\b", _set("q", lambda r, c, t: r.cast(t["q"], "float64"))),
     BadInput("key_cache_dtype", "ARP", r"\bkey_cache\b",
              _set("key_cache", lambda r, c, t: r.cast(t["key_cache"], _other_float(c.dtype)))),
@@ -647,10 +664,8 @@ BAD_INPUTS = [
              _set("qkv", lambda r, c, t: r.tensor(c.qkv.reshape(c.rows, 1, -1), c.dtype))),
     BadInput("q_rank2", "P", r"\bq\b",
              _set("q", lambda r, c, t: r.tensor(np.zeros((c.rows, c.num_q_heads * c.head_dim)), c.dtype))),
-    BadInput("key_cache_rank3", "ARP", r"\bkey_cache\b",
-             _set("key_cache", lambda r, c, t: r.tensor(c.key_cache.reshape(c.num_blocks, -1, c.head_dim), c.dtype))),
-    BadInput("value_cache_rank3", "ARP", r"\bvalue_cache\b",
-             _set("value_cache", lambda r, c, t: r.tensor(c.value_cache.reshape(c.num_blocks, -1, c.v_head_dim), c.dtype))),
+    BadInput("key_cache_rank3", "ARP", r"\bkey_cache\b", _set("key_cache", _merged_heads("key_cache"))),
+    BadInput("value_cache_rank3", "ARP", r"\bvalue_cache\b", _set("value_cache", _merged_heads("value_cache"))),
     BadInput("block_tables_rank1", "ARP", r"\bblock_tables\b",
              _set("block_tables", lambda r, c, t: r.int32(c.block_tables.reshape(-1)))),
     BadInput("cu_seqlens_q_rank2", "ARP", r"\bcu_seqlens_q\b",
@@ -712,14 +727,8 @@ BAD_INPUTS = [
              _ints("cu_seqlens_q", lambda x, c: _with(x, -1, c.rows + 1)), device_data=True),
     BadInput("cache_seqlens_negative", "ARP", r"\bcache_seqlens\b",
              _ints("cache_seqlens", lambda x, c: _with(x, 1, -1)), device_data=True),
-    BadInput("position_past_max_position", "AR", r"\brotary_cos\b",
-             lambda r, c, t, a: t.update(rotary_cos=r.fp32(c.rotary_cos[:40]), rotary_sin=r.fp32(c.rotary_sin[:40])),
-             device_data=True),  # slot 2 writes position 40
-    # Without RoPE: with tables, the position check (which comes first) would fire instead.
-    BadInput("lengths_overrun_block_tables", "ARP", r"\bblock_tables\b",
-             lambda r, c, t, a: (_ints("cache_seqlens", lambda x, c: _with(x, 0, c.block_tables.shape[1] * c.block_size))(r, c, t, a),
-                                 t.update(rotary_cos=None, rotary_sin=None)),
-             device_data=True),
+    BadInput("position_past_max_position", "AR", r"\brotary_cos\b", _short_rope_tables, device_data=True),
+    BadInput("lengths_overrun_block_tables", "ARP", r"\bblock_tables\b", _overrun_block_tables, device_data=True),
     BadInput("written_block_minus_1", "ARP", r"\bblock_tables\b",
              _set("block_tables", _table(lambda tb, c: _with(tb, (0, 1), -1))), device_data=True),
     BadInput("written_block_past_num_blocks", "ARP", r"\bblock_tables\b",

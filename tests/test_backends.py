@@ -1,31 +1,19 @@
 """Attention backends: capability checks, step metadata, and both backends' runners against the float64
 reference on the named batches (shuffled block tables, poisoned unused cache entries, untouched
 entries bit-identical)."""
-import importlib
 import zlib
 
 import numpy as np
-import paddle
 import pytest
 
-import cases
-from paddle_gqa import kernel_table
-from paddle_gqa.backends import (AttentionRunner, StepMetadata, UnsupportedSpec, backend_class, build_step_metadata,
-                                 get_backend)
-from paddle_gqa.kv_cache import PagedKVCache
-from paddle_gqa.spec import LayerSpec, RopeSpec
+paddle = pytest.importorskip("paddle", reason="Paddle is not installed (the torch-only GPU machine)")
 
-
-def _ops_error():
-    try:
-        importlib.import_module("paddle_gqa._load").library()
-    except ImportError as e:  # the op library is not built in this checkout
-        return f"paddle_gqa op library not built: {e}"
-    return None
-
-
-OPS_ERROR = _ops_error()
-needs_ops = pytest.mark.skipif(OPS_ERROR is not None, reason=OPS_ERROR or "")
+import cases  # noqa: E402
+from paddle_gqa import kernel_table  # noqa: E402
+from paddle_gqa.backends import (AttentionRunner, StepMetadata, UnsupportedSpec,  # noqa: E402
+                                 backend_class, build_step_metadata, get_backend)
+from paddle_gqa.kv_cache import PagedKVCache  # noqa: E402
+from paddle_gqa.spec import LayerSpec, RopeSpec  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +168,6 @@ def test_reference_backend_matches_contract(batch, dtype):
                                                                     scale=scale))
 
 
-@needs_ops
 @pytest.mark.parametrize("batch", cases.NAMED_BATCH_NAMES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_custom_op_backend_matches_contract(batch, dtype):

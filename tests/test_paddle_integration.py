@@ -261,3 +261,17 @@ def test_gpu_tensor_without_cuda_build_is_refused(cpu_runner):
     gpu = type(cpu_runner)("gpu")
     with pytest.raises(ValueError, match="built without CUDA"):
         gpu.append_attention(case, gpu.load(case))
+
+
+@pytest.mark.parametrize("name", ["key_cache", "value_cache"])
+def test_strided_cache_view_is_refused(cpu_runner, name):
+    """Paddle passes custom ops a contiguous copy of a strided input: in-place writes into a strided
+    cache view would be lost, so the ops that write the cache refuse it, naming the argument."""
+    case = _case("float32")
+    t = cpu_runner.load(case)
+    t[name] = cpu_runner.noncontiguous(t[name])
+    before = cpu_runner.bits(t[name])
+    for call in (cpu_runner.append_attention, cpu_runner.rope_write_cache):
+        with pytest.raises(ValueError, match=rf"{name}: .* is not contiguous"):
+            call(case, t)
+    assert np.array_equal(before, cpu_runner.bits(t[name]))

@@ -130,18 +130,18 @@ def test_rope_identity_at_zero_and_relative():
     rng = np.random.default_rng(0)
     for neox in (True, False):
         x = rng.standard_normal((1, 1, d))
-        y = reference._rotate(x, np.array([0]), cos, sin, d, neox)
+        y = reference.apply_rope(x, np.array([0]), cos, sin, d, neox)
         np.testing.assert_allclose(y, x, rtol=0, atol=0)
         q, k = rng.standard_normal((1, 1, d)), rng.standard_normal((1, 1, d))
         scores = []
         for shift in (0, 5, 40):
-            rq = reference._rotate(q, np.array([10 + shift]), cos, sin, d, neox)
-            rk = reference._rotate(k, np.array([3 + shift]), cos, sin, d, neox)
+            rq = reference.apply_rope(q, np.array([10 + shift]), cos, sin, d, neox)
+            rk = reference.apply_rope(k, np.array([3 + shift]), cos, sin, d, neox)
             scores.append(float((rq * rk).sum()))
         # fp32 tables: the relative-position identity holds to fp32 precision.
         np.testing.assert_allclose(scores, scores[0], rtol=1e-5, atol=1e-5)
         # Norm of every rotated pair is preserved.
-        r = reference._rotate(q, np.array([17]), cos, sin, d, neox)
+        r = reference.apply_rope(q, np.array([17]), cos, sin, d, neox)
         np.testing.assert_allclose((r ** 2).sum(), (q ** 2).sum(), rtol=1e-6)
 
 
@@ -193,3 +193,96 @@ def test_large_prefill_runs_fast():
                              dtype="bfloat16", layout=[(0, 300)], rope="neox", seed=9)
     cases.assert_close(short.ref_append_attention()[0], cases.dense_attention(short, "bfloat16"),
                        1e-10, 1e-10, "300-token prefill")
+
+
+class RefRunner:
+    """A runner (tests/gpu/runners.py interface) whose ops are the reference itself on NumPy
+    arrays, with optional injected faults: the checks in cases.py must pass it unfaulted and
+    catch every fault."""
+
+    def __init__(self, fault=None):
+        self.fault = fault
+
+    def tensor(self, arr, dtype):
+        return np.array(arr, dtype=np.float64)
+
+    def int32(self, arr):
+        return np.array(arr, dtype=np.int32)
+
+    def fp32(self, arr):
+        return np.array(arr, dtype=np.float32)
+
+    def load(self, case, q=None):
+        t = dict(qkv=self.tensor(case.qkv, None), key_cache=self.tensor(case.key_cache, None),
+                 value_cache=self.tensor(case.value_cache, None), block_tables=self.int32(case.block_tables),
+                 cu_seqlens_q=self.int32(case.cu_seqlens_q), cache_seqlens=self.int32(case.cache_seqlens),
+                 rotary_cos=case.rotary_cos, rotary_sin=case.rotary_sin, sinks=case.sinks)
+        if q is not None:
+            t["q"] = self.tensor(q, None)
+        return t
+
+    def values(self, a):
+        return np.array(a, dtype=np.float64, copy=True)
+
+    def bits(self, a):
+        return np.array(a, dtype=np.float64, copy=True).view(np.uint64)
+
+    def append_attention(self, case, t):
+        f = self.fault
+        window = case.sliding_window + (1 if f == "window_off_by_one" and case.sliding_window else 0)
+        cos, sin = (None, None) if f == "k_unrotated" else (t["rotary_cos"], t["rotary_sin"])
+        _, k, v = reference.rope_write_cache(t["qkv"], t["key_cache"], t["value_cache"], t["block_tables"],
+                                             t["cu_seqlens_q"], t["cache_seqlens"], cos, sin,
+                                             rotary_dim=case.rotary_dim, neox_style=case.neox_style,
+                                             cache_dtype=case.dtype)
+        q, k_rot, _ = reference.rope_write_cache(t["qkv"], t["key_cache"], t["value_cache"], t["block_tables"],
+                                                 t["cu_seqlens_q"], t["cache_seqlens"], t["rotary_cos"],
+                                                 t["rotary_sin"], rotary_dim=case.rotary_dim,
+                                                 neox_style=case.neox_style, cache_dtype=case.dtype)
+        out = reference.paged_attention(q, k_rot, v, t["block_tables"], t["cu_seqlens_q"], t["cache_seqlens"],
+                                        None if f == "no_sink" else t["sinks"], sliding_window=window,
+                                        causal=case.causal, softmax_scale=case.softmax_scale)
+        out = reference.round_to_dtype(out, case.dtype)
+        if f == "padding_rows_nonzero":
+            out[case.num_tokens:] = 1.0
+        if f == "stray_write":
+            unused = np.setdiff1d(np.arange(case.num_blocks), case.block_tables[case.block_tables >= 0])
+            k[unused[0], 0, 0, 0] = 0.0
+        if f == "v_off_by_one_ulp":
+            w = case.written_mask()
+            v[w.nonzero()[0][0], 0, w.nonzero()[1][0], 0] *= 1 + 2.0 ** -6
+        if f == "reads_poisoned_tail":  # 0 * NaN from a masked tail entry
+            out[:case.num_tokens] += 0.0 * k[case.block_tables[0, 0], 0, -1, 0]
+        t["key_cache"][...] = k
+        t["value_cache"][...] = v
+        return out
+
+
+FAULTS = ("window_off_by_one", "k_unrotated", "no_sink", "padding_rows_nonzero", "stray_write",
+          "v_off_by_one_ulp", "reads_poisoned_tail")
+
+
+def _fault_case(dtype):
+    return cases.build_named(cases.named_batch("padded_rows", 16), num_q_heads=6, num_kv_heads=2,
+                             head_dim=16, v_head_dim=8, block_size=16, dtype=dtype, rope="neox",
+                             sinks=True, seed=21)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_checks_pass_the_reference_itself(dtype):
+    cases.run_append_and_check(RefRunner(), _fault_case(dtype))
+    swa = cases.build_named(cases.named_batch("swa_window_odd", 16), num_q_heads=6, num_kv_heads=2,
+                            head_dim=16, v_head_dim=8, block_size=16, dtype=dtype, rope="gptj",
+                            sinks=True, seed=22)
+    cases.run_append_and_check(RefRunner(), swa)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_checks_catch_injected_faults(fault):
+    case = _fault_case("bfloat16")
+    if fault == "window_off_by_one":
+        case = cases.build_named(cases.named_batch("swa_window_odd", 16), num_q_heads=6, num_kv_heads=2,
+                                 head_dim=16, v_head_dim=8, block_size=16, dtype="bfloat16", rope="neox",
+                                 sinks=True, seed=23)
+    with pytest.raises(AssertionError):
+        cases.run_append_and_check(RefRunner(fault), case)

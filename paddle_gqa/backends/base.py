@@ -101,8 +101,8 @@ class AttentionRunner(abc.ABC):
             raise ValueError(f"key_cache/value_cache dtype={key_cache.dtype}/{value_cache.dtype}: expected the "
                              f"dtype of qkv ({qkv.dtype})")
         if s.has_sinks != (sinks is not None):
-            raise ValueError(f"sinks given={sinks is not None}: expected {'a float32 [Hq] tensor' if s.has_sinks else 'None'}"
-                             f" because spec.has_sinks={s.has_sinks}")
+            want = "a float32 [Hq] tensor" if s.has_sinks else "None"
+            raise ValueError(f"sinks given={sinks is not None}: expected {want} because spec.has_sinks={s.has_sinks}")
         if sinks is not None and list(sinks.shape) != [s.num_heads]:
             raise ValueError(f"sinks shape={list(sinks.shape)}: expected [{s.num_heads}]")
 

@@ -53,13 +53,16 @@ def _plan_group(meta: StepMetadata, group: int, num_blocks: int, sliding_window:
     slots: List[_SlotPlan] = []
     place = meta.place
 
-    def block_at(b: int, logical: int, why: str) -> int:
-        if logical >= table.shape[1]:
+    def blocks_at(b: int, logical: np.ndarray, why: str) -> np.ndarray:
+        """Physical blocks of slot b's logical blocks; raises on a missing, -1 or out-of-range one."""
+        if len(logical) and logical.max() >= table.shape[1]:
             raise ValueError(f"block_tables[{group}] width={table.shape[1]}: slot {b} needs logical block "
-                             f"{logical} to {why}")
-        blk = int(table[b, logical])
-        if blk < 0 or blk >= num_blocks:
-            raise ValueError(f"block_tables[{group}][{b}][{logical}]={blk}: expected a block id in "
+                             f"{logical.max()} to {why}")
+        blk = table[b, logical].astype(np.int64)
+        bad = np.nonzero((blk < 0) | (blk >= num_blocks))[0]
+        if len(bad):
+            i = bad[0]
+            raise ValueError(f"block_tables[{group}][{b}][{logical[i]}]={blk[i]}: expected a block id in "
                              f"[0, {num_blocks}) to {why}")
         return blk
 
@@ -70,13 +73,12 @@ def _plan_group(meta: StepMetadata, group: int, num_blocks: int, sliding_window:
         kv_len = int(cached[b]) + hi - lo
         pos = np.arange(int(cached[b]), kv_len, dtype=np.int64)
         positions[lo:hi] = pos
-        for i, p in enumerate(pos):
-            blocks_w[lo + i] = block_at(b, int(p) // bs, f"write position {p}")
+        blocks_w[lo:hi] = blocks_at(b, pos // bs, f"write positions {pos[0]}..{pos[-1]}")
         # The first query (position cached[b]) sees the oldest key; with a window W that is p0 - W + 1.
         first_key = 0 if sliding_window == 0 else max(0, int(cached[b]) - sliding_window + 1)
         first_block = first_key // bs
         last_block = (kv_len - 1) // bs
-        ids = [block_at(b, lb, f"read keys up to {kv_len}") for lb in range(first_block, last_block + 1)]
+        ids = blocks_at(b, np.arange(first_block, last_block + 1), f"read keys up to {kv_len}")
         key_start = first_block * bs
         keys = np.arange(key_start, kv_len, dtype=np.int64)[None, :]
         visible = np.ones((hi - lo, kv_len - key_start), dtype=bool)
@@ -86,7 +88,7 @@ def _plan_group(meta: StepMetadata, group: int, num_blocks: int, sliding_window:
             visible &= keys > pos[:, None] - sliding_window
         mask = np.where(visible, 0.0, -np.inf).astype(np.float32)
         slots.append(_SlotPlan(lo, hi, key_start, kv_len,
-                               paddle.to_tensor(np.array(ids, dtype=np.int64), place=place),
+                               paddle.to_tensor(ids, place=place),
                                paddle.to_tensor(mask, place=place)))
     return _GroupPlan(paddle.to_tensor(positions, place=place),
                       paddle.to_tensor(blocks_w[:, None], place=place),

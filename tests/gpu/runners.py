@@ -101,7 +101,8 @@ class PaddleRunner(_Runner):
         return np.asarray(t.numpy(), dtype=np.float64)
 
     def bits(self, t) -> np.ndarray:
-        a = t.numpy()  # bfloat16 comes back as its raw uint16 bits
+        """A snapshot (a copy, never a view of t's memory) of t's raw bits."""
+        a = np.array(t.numpy(), copy=True)  # bfloat16 comes back as its raw uint16 bits
         if a.dtype == np.uint16:
             return a
         return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
@@ -127,6 +128,7 @@ class TorchDlpackRunner(_Runner):
     """paddle_gqa.dlpack_ops with torch CUDA tensors; outputs preallocated and NaN-poisoned."""
 
     name = "dlpack-torch"
+    device = "cuda"
 
     def __init__(self):
         import torch
@@ -139,13 +141,13 @@ class TorchDlpackRunner(_Runner):
 
     def tensor(self, arr, dtype: str):
         host = self.torch.from_numpy(np.ascontiguousarray(np.asarray(arr, np.float64).astype(np.float32)))
-        return host.to(device="cuda", dtype=self._dt[dtype])
+        return host.to(device=self.device, dtype=self._dt[dtype])
 
     def int32(self, arr):
-        return self.torch.from_numpy(np.ascontiguousarray(np.asarray(arr).astype(np.int32))).to("cuda")
+        return self.torch.from_numpy(np.ascontiguousarray(np.asarray(arr).astype(np.int32))).to(self.device)
 
     def raw(self, arr):
-        return self.torch.from_numpy(np.ascontiguousarray(np.asarray(arr))).to("cuda")
+        return self.torch.from_numpy(np.ascontiguousarray(np.asarray(arr))).to(self.device)
 
     def out_for(self, op, case, t):
         """The poisoned output buffer of `op`: [rows, Hq*Dv] (attention) or [rows, Hq, D] (q)."""
@@ -155,7 +157,7 @@ class TorchDlpackRunner(_Runner):
             shape = (rows, case.num_q_heads, case.head_dim)
         else:
             shape = (rows, case.num_q_heads * case.v_head_dim)
-        return self.torch.full(shape, float("nan"), dtype=src.dtype, device=src.device)
+        return self.torch.full(shape, float("nan"), dtype=self._dt[case.dtype], device=self.device)
 
     def call(self, op, case, t, out=None, **attrs):
         kwargs = dict(case.op_kwargs(op), **attrs)
@@ -169,10 +171,11 @@ class TorchDlpackRunner(_Runner):
         return t.detach().to("cpu", self.torch.float64).numpy()
 
     def bits(self, t) -> np.ndarray:
+        """A snapshot (a copy, never a view of t's memory) of t's raw bits."""
         size = t.element_size()
         as_int = {2: self.torch.int16, 4: self.torch.int32, 8: self.torch.int64}[size]
-        return t.detach().contiguous().view(as_int).cpu().numpy().view({2: np.uint16, 4: np.uint32,
-                                                                        8: np.uint64}[size])
+        host = t.detach().contiguous().view(as_int).cpu().numpy()
+        return np.array(host, copy=True).view({2: np.uint16, 4: np.uint32, 8: np.uint64}[size])
 
     def cast(self, t, dtype: str):
         torch = self.torch

@@ -169,3 +169,68 @@ def test_dlpack_explicit_stream(dlpack_runner):
                                 **case.op_kwargs("append_attention"), stream=side.cuda_stream)
     side.synchronize()
     cases.check_output(case, r.values(out), case.ref_append_attention()[0])
+
+
+def _capture(torch, fn, runner, case):
+    """Captures fn() into a CUDA graph, after one uncaptured warm-up call of the valid `case` on
+    fresh tensors (first-call set-up happens outside the capture)."""
+    runner.append_attention(case, runner.load(case))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def test_dlpack_cuda_graph_replay_is_correct(dlpack_runner):
+    import torch
+
+    from paddle_gqa import dlpack_ops
+
+    from gpu.runners import OP_INPUTS
+
+    case = cases.build_named(cases.named_batch("mixed_idle", 16), num_q_heads=6, num_kv_heads=2,
+                             head_dim=192, v_head_dim=128, block_size=16, dtype="bfloat16", rope="partial",
+                             sinks=True, seed=81)
+    r = dlpack_runner
+    t = r.load(case)
+    kb, vb = r.bits(t["key_cache"]), r.bits(t["value_cache"])
+    out = r.out_for("append_attention", case, t)
+    args = [t.get(a) for a in OP_INPUTS["append_attention"]]
+    kwargs = case.op_kwargs("append_attention")
+    graph = _capture(torch, lambda: dlpack_ops.append_attention(out, *args, **kwargs), r, case)
+    # Capture runs nothing: caches untouched until the replay.
+    torch.cuda.synchronize()
+    assert np.array_equal(kb, r.bits(t["key_cache"]))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_out, ref_k, ref_v = case.ref_append_attention()
+    cases.check_output(case, r.values(out), ref_out)
+    cases.check_cache(case, "key_cache", kb, r.bits(t["key_cache"]), r.values(t["key_cache"]), ref_k)
+    cases.check_cache(case, "value_cache", vb, r.bits(t["value_cache"]), r.values(t["value_cache"]), ref_v)
+
+
+def test_dlpack_cuda_graph_defers_device_data_errors(dlpack_runner):
+    # Under capture a bad block id cannot raise; the replay writes nothing and check_errors raises.
+    import torch
+
+    from paddle_gqa import dlpack_ops
+
+    from gpu.runners import OP_INPUTS
+
+    case = cases.bad_input_case("bfloat16")
+    r = dlpack_runner
+    t = r.load(case)
+    tables = case.block_tables.copy()
+    tables[0, 1] = -1  # a block slot 0 writes
+    t["block_tables"] = r.int32(tables)
+    kb, vb = r.bits(t["key_cache"]), r.bits(t["value_cache"])
+    out = r.out_for("append_attention", case, t)
+    args = [t.get(a) for a in OP_INPUTS["append_attention"]]
+    kwargs = case.op_kwargs("append_attention")
+    graph = _capture(torch, lambda: dlpack_ops.append_attention(out, *args, **kwargs), r, case)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert np.array_equal(kb, r.bits(t["key_cache"])) and np.array_equal(vb, r.bits(t["value_cache"]))
+    with pytest.raises(ValueError, match=r"block_tables\[0\]\[1\]"):
+        dlpack_ops.check_errors(torch.cuda.current_device())
+    dlpack_ops.check_errors(torch.cuda.current_device())  # the record was cleared

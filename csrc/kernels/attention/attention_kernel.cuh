@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "../cuda_check.h"
@@ -20,9 +21,10 @@
 namespace paddle_gqa::cuda::attn {
 
 inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr int kMaxDevices = 64;
 
-// Grid (grid_tiles, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) takes q tile x of the
-// tile map (its slot b from tile_start), kv head kvh, and split s of that tile's KV tiles.
+// Grid (grid_tiles, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) takes q tile
+// grid_tiles - 1 - x of the tile map (its slot b from tile_start), kv head kvh, and split s of that tile's KV tiles.
 template <typename T, int D, int DV, int GROUP, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const AttentionParams p) {
   constexpr int BM = Cfg::kBlockM;
@@ -30,6 +32,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   constexpr int WN = Cfg::kWarpsN;
   constexpr int NT = Cfg::kThreads;
   constexpr int KW = Cfg::kWarpKeys;
+  constexpr int MA = Cfg::kMAtoms;
   constexpr int QS = D + kSmemPad;   // smem row pitch of Q and K (elements)
   constexpr int VS = DV + kSmemPad;  // smem row pitch of V
   constexpr int NB = KW / 8;         // score accumulator blocks per warp (8 keys each)
@@ -38,7 +41,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   static_assert(D % 16 == 0 && DV % 16 == 0, "head dims are multiples of 16");
 
   if (p.error->code != 0) return;
-  const int tile = blockIdx.x;
+  // Reversed so that the last tiles of a slot (under causal masks the longest) start first and the
+  // CTAs past the real tile count are the first to exit.
+  const int tile = int(gridDim.x) - 1 - int(blockIdx.x);
   const int split = blockIdx.y;
   const int kvh = blockIdx.z;
   const int* tile_start = p.tile_start;
@@ -67,9 +72,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   const int kt_total = lo <= hi ? hi / BN - kt_first + 1 : 0;
   const int n_splits = slot_num_splits(cache_len, n, p.causal, p.sliding_window, BN, p.max_splits);
   if (split >= n_splits) return;
-  const int per_split = (kt_total + n_splits - 1) / n_splits;
-  const int kt_begin = kt_first + min(kt_total, split * per_split);
-  const int kt_end = kt_first + min(kt_total, (split + 1) * per_split);
+  // Balanced split: the n_splits ranges differ by at most one KV tile.
+  const int kt_begin = kt_first + int(int64_t(split) * kt_total / n_splits);
+  const int kt_end = kt_first + int(int64_t(split + 1) * kt_total / n_splits);
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -78,18 +83,23 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   const int wn = warp % WN;
   const int g = lane >> 2;
   const int t4 = lane & 3;
+  const int warp_row0 = wm * 16 * MA;  // first tile row of the warp's atoms
 
-  // Visible range of the thread's two accumulator rows (empty for padding rows).
-  int row_lo[2], row_hi[2];
+  // Visible range of the thread's accumulator rows (atom a, half i: row warp_row0 + 16a + g + 8i);
+  // empty for padding rows.
+  int row_lo[MA][2], row_hi[MA][2];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = wm * 16 + g + 8 * i;
-    row_lo[i] = 1;
-    row_hi[i] = 0;
-    if (r < rows_here) {
-      const KeyRange kr = visible_keys(cache_len + (row0 + r) / G, kv_len, p.causal, p.sliding_window);
-      row_lo[i] = int(kr.lo);
-      row_hi[i] = int(kr.hi);
+  for (int a = 0; a < MA; ++a) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = warp_row0 + 16 * a + g + 8 * i;
+      row_lo[a][i] = 1;
+      row_hi[a][i] = 0;
+      if (r < rows_here) {
+        const KeyRange kr = visible_keys(cache_len + (row0 + r) / G, kv_len, p.causal, p.sliding_window);
+        row_lo[a][i] = int(kr.lo);
+        row_hi[a][i] = int(kr.hi);
+      }
     }
   }
 
@@ -110,14 +120,17 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   }
   cp_async_commit();
 
-  float o[NO][4];
+  float o[MA][NO][4];
 #pragma unroll
-  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  OnlineSoftmax state;
-  state.init();
+  for (int a = 0; a < MA; ++a)
+#pragma unroll
+    for (int i = 0; i < NO; ++i) o[a][i][0] = o[a][i][1] = o[a][i][2] = o[a][i][3] = 0.f;
+  OnlineSoftmax state[MA];
+#pragma unroll
+  for (int a = 0; a < MA; ++a) state[a].init();
 
-  // Per-lane ldmatrix offsets (elements) within a warp's 16-row / 16-key slices.
-  const int q_off = (wm * 16 + (lane & 15)) * QS + (lane >> 4) * 8;
+  // Per-lane ldmatrix offsets (elements) within the warp's 16-row / 16-key slices.
+  const int q_off = (warp_row0 + (lane & 15)) * QS + (lane >> 4) * 8;
   const int k_off = (wn * KW + ((lane >> 4) << 3) + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
   const int v_off = (wn * KW + (lane & 7) + ((lane >> 3) & 1) * 8) * VS + (lane >> 4) * 8;
 
@@ -133,60 +146,75 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
     }
     __syncthreads();
 
-    // S = Q K^T for the warp's 16 rows x KW keys.
+    // S = Q K^T for the warp's 16 MA rows x KW keys.
     const T* k_stage = k_s + stage * BN * QS;
-    float s[NB][4];
+    float s[MA][NB][4];
 #pragma unroll
-    for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int a = 0; a < MA; ++a)
+#pragma unroll
+      for (int i = 0; i < NB; ++i) s[a][i][0] = s[a][i][1] = s[a][i][2] = s[a][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, smem_u32(q_s + q_off + kk * 16));
+      uint32_t qa[MA][4];
+#pragma unroll
+      for (int a = 0; a < MA; ++a) ldmatrix_x4(qa[a], smem_u32(q_s + q_off + a * 16 * QS + kk * 16));
 #pragma unroll
       for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
         uint32_t bk[4];
         ldmatrix_x4(bk, smem_u32(k_stage + k_off + nb2 * 16 * QS + kk * 16));
-        mma_16816<T>(s[2 * nb2], a, bk[0], bk[1]);
-        mma_16816<T>(s[2 * nb2 + 1], a, bk[2], bk[3]);
-      }
-    }
-
-    // Scale into the exp2 domain; mask only where the tile is not visible to every row.
-    const int key_base = kt * BN + wn * KW + 2 * t4;
-    const bool full_tile = kt * BN >= full_lo && kt * BN + BN - 1 <= full_hi;
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nb][e] *= p.scale_log2;
-        if (!full_tile) {
-          const int key = key_base + nb * 8 + (e & 1);
-          if (key < row_lo[e >> 1] || key > row_hi[e >> 1]) s[nb][e] = -INFINITY;
+        for (int a = 0; a < MA; ++a) {
+          mma_16816<T>(s[a][2 * nb2], qa[a], bk[0], bk[1]);
+          mma_16816<T>(s[a][2 * nb2 + 1], qa[a], bk[2], bk[3]);
         }
       }
     }
-    state.update(s, o);
+
+    // Mask only where the tile is not visible to every row; the update scales into the exp2 domain.
+    const int key_base = kt * BN + wn * KW + 2 * t4;
+    const bool full_tile = kt * BN >= full_lo && kt * BN + BN - 1 <= full_hi;
+#pragma unroll
+    for (int a = 0; a < MA; ++a) {
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (!full_tile) {
+            const int key = key_base + nb * 8 + (e & 1);
+            if (key < row_lo[a][e >> 1] || key > row_hi[a][e >> 1]) s[a][nb][e] = -INFINITY;
+          }
+        }
+      }
+      state[a].update(s[a], o[a], p.scale_log2);
+    }
 
     // O += P V, P taken straight from the score accumulators as A fragments.
     const T* v_stage = v_s + stage * BN * VS;
 #pragma unroll
     for (int kk = 0; kk < KW / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      uint32_t pa[MA][4];
+#pragma unroll
+      for (int a = 0; a < MA; ++a) {
+        pa[a][0] = pack2<T>(s[a][2 * kk][0], s[a][2 * kk][1]);
+        pa[a][1] = pack2<T>(s[a][2 * kk][2], s[a][2 * kk][3]);
+        pa[a][2] = pack2<T>(s[a][2 * kk + 1][0], s[a][2 * kk + 1][1]);
+        pa[a][3] = pack2<T>(s[a][2 * kk + 1][2], s[a][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dn2 = 0; dn2 < NO / 2; ++dn2) {
         uint32_t bv[4];
         ldmatrix_x4_trans(bv, smem_u32(v_stage + v_off + kk * 16 * VS + dn2 * 16));
-        mma_16816<T>(o[2 * dn2], pa, bv[0], bv[1]);
-        mma_16816<T>(o[2 * dn2 + 1], pa, bv[2], bv[3]);
+#pragma unroll
+        for (int a = 0; a < MA; ++a) {
+          mma_16816<T>(o[a][2 * dn2], pa[a], bv[0], bv[1]);
+          mma_16816<T>(o[a][2 * dn2 + 1], pa[a], bv[2], bv[3]);
+        }
       }
     }
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
-  state.finish();
+#pragma unroll
+  for (int a = 0; a < MA; ++a) state[a].finish();
   cp_async_wait<0>();
   __syncthreads();
 
@@ -196,16 +224,19 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   float* e_m = e_o + WN * BM * OS;                  // [WN][BM]
   float* e_l = e_m + WN * BM;                       // [WN][BM]
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = wm * 16 + g + 8 * i;
-    float* dst = e_o + (wn * BM + r) * OS + 2 * t4;
+  for (int a = 0; a < MA; ++a) {
 #pragma unroll
-    for (int no = 0; no < NO; ++no) {
-      *reinterpret_cast<float2*>(dst + no * 8) = make_float2(o[no][2 * i], o[no][2 * i + 1]);
-    }
-    if (t4 == 0) {
-      e_m[wn * BM + r] = state.m[i];
-      e_l[wn * BM + r] = state.l[i];
+    for (int i = 0; i < 2; ++i) {
+      const int r = warp_row0 + 16 * a + g + 8 * i;
+      float* dst = e_o + (wn * BM + r) * OS + 2 * t4;
+#pragma unroll
+      for (int no = 0; no < NO; ++no) {
+        *reinterpret_cast<float2*>(dst + no * 8) = make_float2(o[a][no][2 * i], o[a][no][2 * i + 1]);
+      }
+      if (t4 == 0) {
+        e_m[wn * BM + r] = state[a].m[i];
+        e_l[wn * BM + r] = state[a].l[i];
+      }
     }
   }
   __syncthreads();
@@ -261,7 +292,14 @@ void launch_config(const AttentionParams& p, const LaunchPlan& plan, cudaStream_
   constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
   static_assert(smem <= 227 * 1024, "attention tile exceeds Hopper's 227 KB of shared memory per block");
   auto kernel = paged_attention_kernel<T, D, DV, GROUP, Cfg>;
-  PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  // The attribute is per device; set it on a device's first launch (a host call, capture-safe).
+  static std::atomic<bool> smem_raised[kMaxDevices];
+  int device = 0;
+  PGQA_CUDA_CHECK(cudaGetDevice(&device));
+  if (device >= kMaxDevices || !smem_raised[device].load(std::memory_order_acquire)) {
+    PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (device < kMaxDevices) smem_raised[device].store(true, std::memory_order_release);
+  }
   const dim3 grid(unsigned(plan.grid_tiles), unsigned(plan.max_splits), unsigned(p.num_kv_heads));
   kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
   PGQA_CUDA_CHECK_LAUNCH("paged_attention_kernel");
@@ -273,7 +311,7 @@ void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStre
   if (plan.decode) {
     launch_config<T, D, DV, GROUP, DecodeConfig>(p, plan, stream);
   } else {
-    launch_config<T, D, DV, GROUP, PrefillConfig>(p, plan, stream);
+    launch_config<T, D, DV, GROUP, PrefillConfig<D, DV>>(p, plan, stream);
   }
 }
 

@@ -1,6 +1,8 @@
 // Online softmax state of the two query rows a thread holds in an mma.m16n8 accumulator.
 //
-// Scores live in the exp2 domain: s = softmax_scale * log2(e) * <q, k>. After a set K of keys,
+// Scores live in the exp2 domain: s = softmax_scale * log2(e) * <q, k>; the kernel hands in the raw
+// dot products x and the factor c = softmax_scale * log2(e) > 0, and s = c x is formed inside one
+// FFMA per element (max commutes with the positive scale). After a set K of keys,
 //   m = max_{j in K} s_j,   l = sum_{j in K} 2^(s_j - m),   O = sum_{j in K} 2^(s_j - m) v_j.
 // Adding keys K' gives m' = max(m, max_{K'} s), and with alpha = 2^(m - m'):
 //   l' = alpha l + sum_{K'} 2^(s_j - m'),   O' = alpha O + sum_{K'} 2^(s_j - m') v_j.
@@ -30,25 +32,26 @@ struct OnlineSoftmax {
     l[0] = l[1] = 0.f;
   }
 
-  // s: this tile's scores (masked = -inf), replaced by their unnormalised probabilities;
-  // o: the output accumulator, rescaled to the new maximum.
+  // x: this tile's raw dot products (masked = -inf), replaced by their unnormalised
+  // probabilities 2^(c x - m'); o: the output accumulator, rescaled to the new maximum.
   template <int NB, int NO>
-  __device__ __forceinline__ void update(float (&s)[NB][4], float (&o)[NO][4]) {
+  __device__ __forceinline__ void update(float (&s)[NB][4], float (&o)[NO][4], float c) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      float mx = m[i];
+      float xmax = -INFINITY;
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      for (int nb = 0; nb < NB; ++nb) xmax = fmaxf(xmax, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
+      xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, 1));
+      xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, 2));
+      const float mx = fmaxf(m[i], xmax * c);
       const float base = mx == -INFINITY ? 0.f : mx;
       const float alpha = fast_exp2(m[i] - base);
       m[i] = mx;
       float sum = 0.f;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
-        s[nb][2 * i] = fast_exp2(s[nb][2 * i] - base);
-        s[nb][2 * i + 1] = fast_exp2(s[nb][2 * i + 1] - base);
+        s[nb][2 * i] = fast_exp2(fmaf(s[nb][2 * i], c, -base));
+        s[nb][2 * i + 1] = fast_exp2(fmaf(s[nb][2 * i + 1], c, -base));
         sum += s[nb][2 * i] + s[nb][2 * i + 1];
       }
       l[i] = l[i] * alpha + sum;

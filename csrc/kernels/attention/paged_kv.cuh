@@ -32,14 +32,18 @@ struct PagedHead {
 template <typename T, int W, int ROWS, int NT>
 __device__ __forceinline__ void load_kv_tile(T* smem, const PagedHead<T, W>& head, int key0, int lo, int hi,
                                              int tid) {
+  // Thread tid copies chunk tid % kChunks of rows tid / kChunks + k * kRowsPerPass: the same column
+  // every pass, so nothing per-pass stays live across the caller's loop.
   constexpr int kChunks = W / 8;  // 16-byte chunks per row
-  constexpr int kTotal = ROWS * kChunks;
+  constexpr int kRowsPerPass = NT / kChunks;
+  static_assert(kRowsPerPass >= 1, "a pass covers at least one row");
+  const int ch = tid % kChunks;
+  const int r0 = tid / kChunks;
+  if (r0 >= kRowsPerPass) return;
 #pragma unroll
-  for (int it = 0; it < (kTotal + NT - 1) / NT; ++it) {
-    const int c = tid + it * NT;
-    if (kTotal % NT != 0 && c >= kTotal) break;
-    const int r = c / kChunks;
-    const int ch = c % kChunks;
+  for (int pass = 0; pass < (ROWS + kRowsPerPass - 1) / kRowsPerPass; ++pass) {
+    const int r = r0 + pass * kRowsPerPass;
+    if (ROWS % kRowsPerPass != 0 && r >= ROWS) break;
     const int j = key0 + r;
     const bool valid = j >= lo && j <= hi;
     const T* src = valid ? head.key_row(j) + ch * 8 : head.cache;
@@ -56,13 +60,13 @@ __device__ __forceinline__ void load_q_tile(T* smem, const T* q, int64_t row_str
                                             int tid) {
   const int G = GROUP > 0 ? GROUP : group;
   constexpr int kChunks = D / 8;
-  constexpr int kTotal = BM * kChunks;
-#pragma unroll
-  for (int it = 0; it < (kTotal + NT - 1) / NT; ++it) {
-    const int c = tid + it * NT;
-    if (kTotal % NT != 0 && c >= kTotal) break;
-    const int r = c / kChunks;
-    const int ch = c % kChunks;
+  constexpr int kRowsPerPass = NT / kChunks;
+  static_assert(kRowsPerPass >= 1, "a pass covers at least one row");
+  const int ch = tid % kChunks;
+  const int r0 = tid / kChunks;
+  if (r0 >= kRowsPerPass) return;
+#pragma unroll 1
+  for (int r = r0; r < BM; r += kRowsPerPass) {
     const bool valid = r < rows_here;
     const T* src = q;
     if (valid) {

@@ -13,10 +13,14 @@ namespace {
 constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-// CTAs of each config resident on one SM (shared memory bound, D = 128); used only to size the
-// split count for about two waves.
-constexpr int kDecodeCtasPerSm = 3;
+// CTAs of each config resident on one SM (shared memory / register bound at D = 128); used only
+// to size the split count for about kTargetWaves waves, which keeps the last partial wave small.
+constexpr int kDecodeCtasPerSm = PGQA_TUNE_DECODE_BN == 32 ? 5 : 3;
 constexpr int kPrefillCtasPerSm = 2;
+#ifndef PGQA_TUNE_WAVES
+#define PGQA_TUNE_WAVES 4
+#endif
+constexpr int kTargetWaves = PGQA_TUNE_WAVES;
 
 constexpr int kPlannerThreads = 1024;
 
@@ -73,14 +77,14 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   const int64_t g = shape.group;
   // Few packed rows per slot: a 16-row tile holds a whole slot, warps split the keys instead.
   plan.decode = rows * g <= batch * DecodeConfig::kBlockM;
-  plan.block_m = plan.decode ? DecodeConfig::kBlockM : PrefillConfig::kBlockM;
-  plan.block_n = plan.decode ? DecodeConfig::kBlockN : PrefillConfig::kBlockN;
+  plan.block_m = plan.decode ? DecodeConfig::kBlockM : prefill_block_m(shape.head_dim, shape.v_head_dim);
+  plan.block_n = plan.decode ? DecodeConfig::kBlockN : kPrefillBlockN;
   const int64_t packed_tiles = (rows * g + plan.block_m - 1) / plan.block_m;
   plan.grid_tiles = packed_tiles + batch;
   // Tiles never cross slots, so at least min(rows, B) tiles exist when every row is a token.
   const int64_t tiles_est = std::max(packed_tiles, std::min(rows, batch));
   const int64_t ctas = std::max<int64_t>(1, tiles_est * shape.num_kv_heads);
-  const int64_t target = int64_t(2) * std::max(1, num_sms) * (plan.decode ? kDecodeCtasPerSm : kPrefillCtasPerSm);
+  const int64_t target = int64_t(kTargetWaves) * std::max(1, num_sms) * (plan.decode ? kDecodeCtasPerSm : kPrefillCtasPerSm);
   plan.max_splits = ctas >= target ? 1 : int(std::min<int64_t>(kMaxSplits, (target + ctas - 1) / ctas));
 
   size_t off = 0;

@@ -11,24 +11,41 @@ namespace paddle_gqa::cuda::attn {
 
 // A CTA owns kBlockM packed query rows ((token, head-in-group) pairs, row r -> token r / G, head
 // r % G) of one slot and one kv head. Its warps form a kWarpsM x kWarpsN grid: warp (wm, wn) owns
-// rows [16 wm, 16 wm + 16) and keys [wn kBlockN / kWarpsN, ...) of every KV tile; the kWarpsN
-// partial softmax states are merged in shared memory at the end.
-template <int BLOCK_M, int BLOCK_N, int WARPS_M, int WARPS_N>
+// kMAtoms 16-row MMA atoms, rows [16 kMAtoms wm, 16 kMAtoms (wm + 1)), and keys
+// [wn kBlockN / kWarpsN, ...) of every KV tile. A warp reuses each K / V fragment it loads for
+// all its atoms; the kWarpsN partial softmax states are merged in shared memory at the end.
+template <int BLOCK_M, int BLOCK_N, int WARPS_M, int WARPS_N, int M_ATOMS>
 struct TileConfig {
   static constexpr int kBlockM = BLOCK_M;
   static constexpr int kBlockN = BLOCK_N;
   static constexpr int kWarpsM = WARPS_M;
   static constexpr int kWarpsN = WARPS_N;
+  static constexpr int kMAtoms = M_ATOMS;
   static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
   static constexpr int kWarpKeys = BLOCK_N / WARPS_N;  // keys per warp per KV tile
-  static_assert(BLOCK_M == 16 * WARPS_M, "each warp owns 16 query rows");
+  static_assert(BLOCK_M == 16 * M_ATOMS * WARPS_M, "warps x atoms x 16 rows cover the q tile");
   static_assert(kWarpKeys % 16 == 0, "each warp owns whole k16 steps of keys");
 };
 
-// Many rows per slot (prefill, chunked prefill): 8 warps over 128 rows, one 64-key tile each.
-using PrefillConfig = TileConfig<128, 64, 8, 1>;
+// Many rows per slot (prefill, chunked prefill), 64-key tiles. Two 16-row atoms per warp halve the
+// shared-memory reads per MMA; the fp32 O accumulator (16 x Dv per atom) must fit in registers:
+//   D, Dv <= 128:  128 rows, 4 warps x 2 atoms (two CTAs per SM)
+//   D > 128, Dv <= 128 (192/128): 256 rows, 8 warps x 2 atoms (one CTA per SM; Q is large)
+//   Dv > 128:      128 rows, 8 warps x 1 atom
+#ifndef PGQA_TUNE_P192
+#define PGQA_TUNE_P192 0
+#endif
+#ifndef PGQA_TUNE_DECODE_BN
+#define PGQA_TUNE_DECODE_BN 64
+#endif
+constexpr int prefill_warps(int d, int dv) { return dv > 128 || d > 128 ? 8 : 4; }
+constexpr int prefill_atoms(int d, int dv) { return dv > 128 || (PGQA_TUNE_P192 && d > 128) ? 1 : 2; }
+constexpr int prefill_block_m(int d, int dv) { return 16 * prefill_warps(d, dv) * prefill_atoms(d, dv); }
+inline constexpr int kPrefillBlockN = 64;
+template <int D, int DV>
+using PrefillConfig = TileConfig<prefill_block_m(D, DV), kPrefillBlockN, prefill_warps(D, DV), 1, prefill_atoms(D, DV)>;
 // Few rows per slot (decode): 16 rows, 4 warps splitting each 64-key tile (16 keys each).
-using DecodeConfig = TileConfig<16, 64, 1, 4>;
+using DecodeConfig = TileConfig<16, PGQA_TUNE_DECODE_BN, 1, PGQA_TUNE_DECODE_BN / 16, 1>;
 
 // Padding (elements) after each shared-memory row of Q, K and V: rows of D+8 b16 elements shift
 // consecutive rows by 4 banks, so ldmatrix and 16-byte cp.async stores are conflict-free.
