@@ -338,7 +338,7 @@ def serve(model, cache, requests: Sequence[Request], *, token_budget: int, max_b
         sch.finish_step(sched)
         bar.update(sum(n for _, n in sched))
         bar.set_postfix_str(f"batch={len(sched)} running={len(sch.running)} waiting={len(sch.waiting)}")
-    if not place.is_cpu_place():
+    if paddle.get_device() != "cpu":
         paddle.device.synchronize()
     stats["seconds"] = time.perf_counter() - start
     bar.close()

@@ -33,6 +33,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   constexpr int NT = Cfg::kThreads;
   constexpr int KW = Cfg::kWarpKeys;
   constexpr int MA = Cfg::kMAtoms;
+  constexpr int S = Cfg::kStages;
   constexpr int QS = D + kSmemPad;   // smem row pitch of Q and K (elements)
   constexpr int VS = DV + kSmemPad;  // smem row pitch of V
   constexpr int NB = KW / 8;         // score accumulator blocks per warp (8 keys each)
@@ -105,8 +106,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* q_s = reinterpret_cast<T*>(smem_raw);  // [BM][QS]
-  T* k_s = q_s + BM * QS;                   // [2][BN][QS]
-  T* v_s = k_s + 2 * BN * QS;               // [2][BN][VS]
+  T* k_s = q_s + BM * QS;                   // [S][BN][QS]
+  T* v_s = k_s + S * BN * QS;               // [S][BN][VS]
 
   const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
   const PagedHead<T, D> k_head{static_cast<const T*>(p.k_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
@@ -114,11 +115,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
 
   load_q_tile<T, D, BM, NT, GROUP>(q_s, static_cast<const T*>(p.q), p.q_row_stride, p.q_head_stride, tok0, row0,
                                    rows_here, kvh, p.group, tid);
-  if (kt_begin < kt_end) {
-    load_kv_tile<T, D, BN, NT>(k_s, k_head, kt_begin * BN, lo, hi, tid);
-    load_kv_tile<T, DV, BN, NT>(v_s, v_head, kt_begin * BN, lo, hi, tid);
+  // Prologue: tiles kt_begin .. kt_begin + S - 2 into stages 0 .. S - 2, one cp.async group each
+  // (the first also holds Q). Groups are committed even when empty so that group i is tile i.
+#pragma unroll
+  for (int st = 0; st < S - 1; ++st) {
+    if (kt_begin + st < kt_end) {
+      load_kv_tile<T, D, BN, NT>(k_s + st * BN * QS, k_head, (kt_begin + st) * BN, lo, hi, tid);
+      load_kv_tile<T, DV, BN, NT>(v_s + st * BN * VS, v_head, (kt_begin + st) * BN, lo, hi, tid);
+    }
+    cp_async_commit();
   }
-  cp_async_commit();
 
   float o[MA][NO][4];
 #pragma unroll
@@ -135,16 +141,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   const int v_off = (wn * KW + (lane & 7) + ((lane >> 3) & 1) * 8) * VS + (lane >> 4) * 8;
 
   for (int kt = kt_begin; kt < kt_end; ++kt) {
-    const int stage = (kt - kt_begin) & 1;
-    if (kt + 1 < kt_end) {  // prefetch the next tile into the other stage while computing this one
-      load_kv_tile<T, D, BN, NT>(k_s + (stage ^ 1) * BN * QS, k_head, (kt + 1) * BN, lo, hi, tid);
-      load_kv_tile<T, DV, BN, NT>(v_s + (stage ^ 1) * BN * VS, v_head, (kt + 1) * BN, lo, hi, tid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+    const int it = kt - kt_begin;
+    if (kt + S - 1 < kt_end) {  // refill the stage tile kt - 1 used (freed by the barrier below)
+      const int st = (it + S - 1) % S;
+      load_kv_tile<T, D, BN, NT>(k_s + st * BN * QS, k_head, (kt + S - 1) * BN, lo, hi, tid);
+      load_kv_tile<T, DV, BN, NT>(v_s + st * BN * VS, v_head, (kt + S - 1) * BN, lo, hi, tid);
     }
+    cp_async_commit();
+    cp_async_wait<S - 1>();  // tile kt has landed; the S - 1 after it may still be in flight
     __syncthreads();
+    const int stage = it % S;
 
     // S = Q K^T for the warp's 16 MA rows x KW keys.
     const T* k_stage = k_s + stage * BN * QS;
@@ -211,7 +217,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
         }
       }
     }
-    __syncthreads();  // the next iteration's prefetch overwrites this stage
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
 #pragma unroll
   for (int a = 0; a < MA; ++a) state[a].finish();

@@ -14,38 +14,43 @@ namespace paddle_gqa::cuda::attn {
 // kMAtoms 16-row MMA atoms, rows [16 kMAtoms wm, 16 kMAtoms (wm + 1)), and keys
 // [wn kBlockN / kWarpsN, ...) of every KV tile. A warp reuses each K / V fragment it loads for
 // all its atoms; the kWarpsN partial softmax states are merged in shared memory at the end.
-template <int BLOCK_M, int BLOCK_N, int WARPS_M, int WARPS_N, int M_ATOMS>
+// K / V tiles stream through kStages shared-memory stages (kStages - 1 tiles in flight).
+template <int BLOCK_M, int BLOCK_N, int WARPS_M, int WARPS_N, int M_ATOMS, int STAGES>
 struct TileConfig {
   static constexpr int kBlockM = BLOCK_M;
   static constexpr int kBlockN = BLOCK_N;
   static constexpr int kWarpsM = WARPS_M;
   static constexpr int kWarpsN = WARPS_N;
   static constexpr int kMAtoms = M_ATOMS;
+  static constexpr int kStages = STAGES;
   static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
   static constexpr int kWarpKeys = BLOCK_N / WARPS_N;  // keys per warp per KV tile
   static_assert(BLOCK_M == 16 * M_ATOMS * WARPS_M, "warps x atoms x 16 rows cover the q tile");
   static_assert(kWarpKeys % 16 == 0, "each warp owns whole k16 steps of keys");
+  static_assert(STAGES >= 2, "at least double buffering");
 };
 
-// Many rows per slot (prefill, chunked prefill), 64-key tiles. Two 16-row atoms per warp halve the
-// shared-memory reads per MMA; the fp32 O accumulator (16 x Dv per atom) must fit in registers:
+#ifndef PGQA_TUNE_DECODE_STAGES
+#define PGQA_TUNE_DECODE_STAGES 3
+#endif
+#ifndef PGQA_TUNE_P128_WIDE
+#define PGQA_TUNE_P128_WIDE 0
+#endif
+
+// Many rows per slot (prefill, chunked prefill), 64-key tiles, two stages. Two 16-row atoms per
+// warp halve the shared-memory reads per MMA; the fp32 O accumulator (16 x Dv per atom) must fit
+// in registers:
 //   D, Dv <= 128:  128 rows, 4 warps x 2 atoms (two CTAs per SM)
 //   D > 128, Dv <= 128 (192/128): 256 rows, 8 warps x 2 atoms (one CTA per SM; Q is large)
 //   Dv > 128:      128 rows, 8 warps x 1 atom
-#ifndef PGQA_TUNE_P192
-#define PGQA_TUNE_P192 0
-#endif
-#ifndef PGQA_TUNE_DECODE_BN
-#define PGQA_TUNE_DECODE_BN 64
-#endif
-constexpr int prefill_warps(int d, int dv) { return dv > 128 || d > 128 ? 8 : 4; }
-constexpr int prefill_atoms(int d, int dv) { return dv > 128 || (PGQA_TUNE_P192 && d > 128) ? 1 : 2; }
-constexpr int prefill_block_m(int d, int dv) { return 16 * prefill_warps(d, dv) * prefill_atoms(d, dv); }
+constexpr int prefill_warps(int d, int dv) { return dv > 128 || d > 128 || PGQA_TUNE_P128_WIDE ? 8 : 4; }
+constexpr int prefill_atoms(int dv) { return dv > 128 ? 1 : 2; }
+constexpr int prefill_block_m(int d, int dv) { return 16 * prefill_warps(d, dv) * prefill_atoms(dv); }
 inline constexpr int kPrefillBlockN = 64;
 template <int D, int DV>
-using PrefillConfig = TileConfig<prefill_block_m(D, DV), kPrefillBlockN, prefill_warps(D, DV), 1, prefill_atoms(D, DV)>;
+using PrefillConfig = TileConfig<prefill_block_m(D, DV), kPrefillBlockN, prefill_warps(D, DV), 1, prefill_atoms(DV), 2>;
 // Few rows per slot (decode): 16 rows, 4 warps splitting each 64-key tile (16 keys each).
-using DecodeConfig = TileConfig<16, PGQA_TUNE_DECODE_BN, 1, PGQA_TUNE_DECODE_BN / 16, 1>;
+using DecodeConfig = TileConfig<16, 64, 1, 4, 1, PGQA_TUNE_DECODE_STAGES>;
 
 // Padding (elements) after each shared-memory row of Q, K and V: rows of D+8 b16 elements shift
 // consecutive rows by 4 banks, so ldmatrix and 16-byte cp.async stores are conflict-free.
@@ -53,14 +58,16 @@ inline constexpr int kSmemPad = 8;
 // Padding (floats) of the fp32 epilogue rows: conflict-free float2 stores of accumulators.
 inline constexpr int kEpiloguePad = 8;
 
+// Dynamic shared memory of a config: the b16 Q tile and kStages K and V tiles in the main loop,
+// overlaid afterwards by the fp32 epilogue (O rows plus (m, l) per row, per key group).
+constexpr int smem_bytes(int block_m, int block_n, int warps_n, int stages, int d, int dv) {
+  const int main_loop = 2 * (block_m * (d + kSmemPad) + stages * block_n * (d + kSmemPad + dv + kSmemPad));
+  const int epilogue = 4 * warps_n * block_m * (dv + kEpiloguePad + 2);
+  return main_loop > epilogue ? main_loop : epilogue;
+}
 template <class Cfg, int D, int DV>
 constexpr int attention_smem_bytes() {
-  // b16 Q tile + two stages of K and V tiles.
-  constexpr int main_loop = 2 * (Cfg::kBlockM * (D + kSmemPad) +
-                                 2 * Cfg::kBlockN * (D + kSmemPad) + 2 * Cfg::kBlockN * (DV + kSmemPad));
-  // fp32 O rows plus (m, l) per row, for each of the kWarpsN key groups; overlays the above.
-  constexpr int epilogue = 4 * Cfg::kWarpsN * Cfg::kBlockM * (DV + kEpiloguePad + 2);
-  return main_loop > epilogue ? main_loop : epilogue;
+  return smem_bytes(Cfg::kBlockM, Cfg::kBlockN, Cfg::kWarpsN, Cfg::kStages, D, DV);
 }
 
 // A split covers at least this many KV tiles, so a partial result is worth its merge.
