@@ -159,6 +159,7 @@ else:
         extra_compile_args={"cxx": list(cxx_flags), "nvcc": []},
     )
 
+
 class CompileFailed(subprocess.CalledProcessError):
     """A failed compiler or linker command whose message carries the tool's own output."""
 
@@ -245,10 +246,12 @@ class build_ext(BuildExtension):
 # installs); the signature above replaces it.
 _pd_ext_impl.clean_object_if_change_cflags = lambda *args, **kwargs: None
 
-print(f"paddle_gqa build: CUDA {'on' if WITH_CUDA else 'off'}"
-      + (f" ({CUDA_HOME}, archs {os.environ.get('PADDLE_GQA_CUDA_ARCHS', '80;90a')}, {len(CU_SOURCES)} .cu files, subset {SUBSET})"
-         if WITH_CUDA else f" (PADDLE_GQA_WITH_CUDA={WITH_CUDA_CHOICE}, toolkit "
-         f"{CUDA_HOME or 'not found'}, {len(CU_SOURCES)} .cu files)"))
+if WITH_CUDA:
+    print(f"paddle_gqa build: CUDA on ({CUDA_HOME}, archs "
+          f"{os.environ.get('PADDLE_GQA_CUDA_ARCHS', '80;90a')}, {len(CU_SOURCES)} .cu files, subset {SUBSET})")
+else:
+    print(f"paddle_gqa build: CUDA off (PADDLE_GQA_WITH_CUDA={WITH_CUDA_CHOICE}, toolkit "
+          f"{CUDA_HOME or 'not found'}, {len(CU_SOURCES)} .cu files)")
 
 setup(
     name="paddle_gqa",

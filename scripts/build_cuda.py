@@ -51,6 +51,36 @@ def gencode_flags(arch: str) -> list:
     return flags
 
 
+def cudart_static(home: pathlib.Path) -> pathlib.Path:
+    for d in (home / "lib64", home / "targets" / "x86_64-linux" / "lib", home / "lib"):
+        if (d / "libcudart_static.a").exists():
+            return d / "libcudart_static.a"
+    sys.exit(f"build_cuda.py: libcudart_static.a not found under {home}")
+
+
+# libstdc++ internals that must come from the shared libstdc++ the process loads: a private copy
+# inside the module (its own, never-initialised std::locale::id objects) crashes on first use.
+_LIBSTDCXX_PATTERN = re.compile(r"std::locale::id|::_M_insert<|std::codecvt<|std::num_put<")
+
+
+def check_no_private_libstdcxx(target: pathlib.Path, objects_dir: pathlib.Path) -> None:
+    """Fails the build when the module defines libstdc++ internals, naming the objects that do."""
+    nm = subprocess.run(["nm", "-C", "--defined-only", str(target)], capture_output=True, text=True)
+    if nm.returncode != 0:
+        sys.exit(f"build_cuda.py: nm failed on {target}: {nm.stderr.strip()}")
+    bad = sorted({line.split(" ", 2)[2] for line in nm.stdout.splitlines()
+                  if len(line.split(" ", 2)) == 3 and _LIBSTDCXX_PATTERN.search(line.split(" ", 2)[2])})
+    if not bad:
+        return
+    owners = []
+    for obj in sorted(objects_dir.glob("*.o")):
+        out = subprocess.run(["nm", "-C", "--defined-only", str(obj)], capture_output=True, text=True).stdout
+        if _LIBSTDCXX_PATTERN.search(out):
+            owners.append(obj.name)
+    sys.exit(f"build_cuda.py: {target.name} defines {len(bad)} libstdc++ internals (e.g. {bad[0]}); "
+             f"objects defining them: {', '.join(owners) or 'none (they come from a linked archive)'}")
+
+
 def sources() -> tuple:
     cu = sorted(set((ROOT / "csrc" / "kernels").rglob("*.cu")))
     cc = sorted((ROOT / "csrc" / "common").glob("*.cc")) + sorted((ROOT / "csrc" / "dlpack").glob("*.cc"))
@@ -83,8 +113,9 @@ def write_ninja(args, home: pathlib.Path, cu, cc) -> pathlib.Path:
         nvcc_flags.append("-lineinfo")
     cxx = os.environ.get("CXX", "g++")
     cxx_flags = common + ["-fPIC", "-fvisibility=hidden", "-Wall", f"-I{home / 'include'}"] + includes + pybind
-    lib_dirs = [home / "lib64", home / "targets" / "x86_64-linux" / "lib", home / "lib"]
-    ldflags = [f"-L{d}" for d in lib_dirs if d.exists()] + ["-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+    # cudart_static by full path and no -L: a CUDA lib directory must not stand in front of the
+    # system libstdc++ that g++ links implicitly. Its symbols stay hidden inside the module.
+    ldflags = [str(cudart_static(home)), "-Wl,--exclude-libs,libcudart_static.a", "-ldl", "-lrt", "-lpthread"]
     out_name = MODULE + sysconfig.get_config_var("EXT_SUFFIX")
 
     q = lambda flags: " ".join(shlex.quote(f) for f in flags)
@@ -144,6 +175,7 @@ def main() -> None:
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"build_cuda.py: ninja failed (exit {result.returncode}) after {elapsed:.1f} s")
+    check_no_private_libstdcxx(target, BUILD / "obj")
     print(f"built {target.relative_to(ROOT)}: subset {args.subset}, arch {args.arch}, "
           f"{len(instances)} generated instantiation files, {len(cu)} .cu + {len(cc)} .cc sources, "
           f"{elapsed:.1f} s with -j{args.jobs}")

@@ -12,6 +12,8 @@ import cases
 
 paddle = pytest.importorskip("paddle", reason="Paddle is not installed: these tests run the Paddle ops")
 
+from paddle_gqa import ops  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,12 +44,12 @@ def test_import_does_not_import_paddle():
 
 
 def test_library_loads_and_reports_build(cpu_runner):
-    from paddle_gqa import _load, ops
+    from paddle_gqa import _load
 
     lib = _load.library()
     assert os.path.isfile(lib.path) and lib.path.endswith("_paddle_ops.so")
     assert isinstance(ops.built_with_cuda(), bool)
-    # No CUDA device here: nothing can have been recorded, and the call must not raise.
+    # No CUDA graph was captured, so no error can be recorded: the call must not raise.
     assert ops.check_errors() is None
 
 
@@ -77,19 +79,13 @@ def test_decode_against_local_float64(cpu_runner):
         expected[h] = w @ values[:, h // (hq // hkv)] / w.sum()
 
     K, V = paddle.to_tensor(kc), paddle.to_tensor(vc)
-    out = paddle_gqa_ops().append_attention(
+    out = ops.append_attention(
         paddle.to_tensor(qkv), K, V, paddle.to_tensor(table), paddle.to_tensor(np.array([0, 1], np.int32)),
         paddle.to_tensor(np.array([cached], np.int32)))
     np.testing.assert_allclose(out.numpy().reshape(hq, dv), expected, rtol=2e-5, atol=2e-5)
     # The new token went to logical block 1 (physical 0), slot 21 % 16 = 5.
     np.testing.assert_array_equal(K.numpy()[0, :, 5], k_new)
     np.testing.assert_array_equal(V.numpy()[0, :, 5], v_new)
-
-
-def paddle_gqa_ops():
-    from paddle_gqa import ops
-
-    return ops
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -110,13 +106,11 @@ def test_dygraph_updates_caches_in_place(cpu_runner, dtype):
 
 
 def _fused(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens, cos, sin, sinks):
-    ops = paddle_gqa_ops()
     return ops.append_attention(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
                                 cos, sin, sinks)
 
 
 def _split(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens, cos, sin, sinks):
-    ops = paddle_gqa_ops()
     q = ops.rope_write_cache(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
                              cos, sin)
     return ops.paged_attention(q, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
@@ -172,7 +166,6 @@ def test_to_static_infers_shapes_with_dynamic_rows(cpu_runner):
         shapes[name] = list(value.shape)  # the static shape InferShape gave the op's output
 
     def fn(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens):
-        ops = paddle_gqa_ops()
         out = ops.append_attention(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens)
         q = ops.rope_write_cache(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens)
         record("out", out)
@@ -252,7 +245,6 @@ def test_bad_input_under_to_static(cpu_runner, full_graph):
 def test_gpu_tensor_without_cuda_build_is_refused(cpu_runner):
     """A GPU tensor reaching a library built without CUDA gets the rebuild hint; where Paddle has
     CUDA and the library too, the op must run instead (covered by the GPU tests)."""
-    ops = paddle_gqa_ops()
     if not paddle.is_compiled_with_cuda() or paddle.device.cuda.device_count() == 0:
         pytest.skip("needs a CUDA-enabled Paddle and a GPU")
     if ops.built_with_cuda():

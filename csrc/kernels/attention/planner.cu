@@ -2,6 +2,7 @@
 #include "planner.cuh"
 
 #include <algorithm>
+#include <cmath>
 
 #include "../cuda_check.h"
 #include "tile_size.h"
@@ -13,14 +14,45 @@ namespace {
 constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-// CTAs of each config resident on one SM (shared memory / register bound at D = 128); used only
-// to size the split count for about kTargetWaves waves, which keeps the last partial wave small.
-constexpr int kDecodeCtasPerSm = PGQA_TUNE_DECODE_BN == 32 ? 5 : 3;
-constexpr int kPrefillCtasPerSm = 2;
-#ifndef PGQA_TUNE_WAVES
-#define PGQA_TUNE_WAVES 4
-#endif
-constexpr int kTargetWaves = PGQA_TUNE_WAVES;
+// Shared memory per SM on Hopper, and what the runtime reserves per resident CTA.
+constexpr int kSmemPerSm = 228 * 1024;
+constexpr int kSmemReservedPerCta = 1024;
+
+// CTAs of the plan's config resident on one SM: bounded by shared memory, and by registers
+// (prefill kernels use up to 255 per thread; decode kernels about 128 for Dv <= 128).
+int resident_ctas_per_sm(const LaunchPlan& plan, const ProblemShape& shape) {
+  const int d = shape.head_dim, dv = shape.v_head_dim;
+  int smem, threads, regs;
+  if (plan.decode) {
+    smem = smem_bytes(DecodeConfig::kBlockM, DecodeConfig::kBlockN, DecodeConfig::kWarpsN, DecodeConfig::kStages, d, dv);
+    threads = DecodeConfig::kThreads;
+    regs = dv <= 128 ? 128 : 255;
+  } else {
+    smem = smem_bytes(prefill_block_m(d, dv), kPrefillBlockN, 1, 2, d, dv);
+    threads = 32 * prefill_warps(d, dv);
+    regs = 256;
+  }
+  const int by_smem = kSmemPerSm / (smem + kSmemReservedPerCta);
+  const int by_regs = 65536 / (threads * regs);
+  return std::max(1, std::min(by_smem, by_regs));
+}
+
+// KV splits per tile: the smallest count whose CTAs fill whole waves of the GPU to at least 90%
+// (a partial last wave leaves SMs idle), else the best fill up to kMaxSplits. Enough CTAs for
+// two waves without splitting means no split.
+int choose_max_splits(int64_t ctas, int64_t resident) {
+  if (ctas >= 2 * resident) return 1;
+  int best = 1;
+  double best_fill = 0;
+  for (int s = 1; s <= kMaxSplits; ++s) {
+    const double waves = double(ctas) * s / double(resident);
+    if (waves < 0.9) continue;
+    const double fill = waves / std::ceil(waves);
+    if (fill >= 0.9) return s;
+    if (fill > best_fill) { best_fill = fill; best = s; }
+  }
+  return best_fill > 0 ? best : kMaxSplits;
+}
 
 constexpr int kPlannerThreads = 1024;
 
@@ -84,8 +116,7 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   // Tiles never cross slots, so at least min(rows, B) tiles exist when every row is a token.
   const int64_t tiles_est = std::max(packed_tiles, std::min(rows, batch));
   const int64_t ctas = std::max<int64_t>(1, tiles_est * shape.num_kv_heads);
-  const int64_t target = int64_t(kTargetWaves) * std::max(1, num_sms) * (plan.decode ? kDecodeCtasPerSm : kPrefillCtasPerSm);
-  plan.max_splits = ctas >= target ? 1 : int(std::min<int64_t>(kMaxSplits, (target + ctas - 1) / ctas));
+  plan.max_splits = choose_max_splits(ctas, int64_t(std::max(1, num_sms)) * resident_ctas_per_sm(plan, shape));
 
   size_t off = 0;
   plan.tile_start_offset = off;
