@@ -114,5 +114,6 @@ def paged_attention(out, q, key_cache, value_cache, block_tables, cu_seqlens_q, 
 
 
 def check_errors(device_id=0):
-    """Raises ValueError for invalid step data recorded on `device_id` under CUDA graph capture."""
+    """Raises ValueError for invalid step data recorded on `device_id` by a call captured in a CUDA
+    graph, and clears the record. Synchronizes the device: call it outside graph capture."""
     cuda_module().check_errors(device_id)

@@ -147,7 +147,6 @@ def rope_write_cache(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, ca
     _, hkv, block_size, d = key_cache.shape
     dv = value_cache.shape[3]
     q_all, k_all, v_all = split_qkv(qkv, hkv, d, dv)
-    rows = q_all.shape[0]
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
     if rotary_cos is not None and rotary_dim == 0:

@@ -305,6 +305,12 @@ int main(int argc, char** argv) {
   cases.push_back({"chunk_split_g3_w700", 24, 8, 128, 128, 64, {{9000, 20}, {0, 1}}, 700, true, false, 0});
   cases.push_back({"g1_runtime_prefill", 8, 8, 128, 128, 32, {{0, 200}, {64, 64}}, 0, true, false, 0});
   cases.push_back({"g16_192_decode_w64", 64, 4, 192, 128, 16, rep(3, {500, 2}), 64, true, true, 1});
+  {
+    std::vector<std::pair<int, int>> mixed = {{6144, 200}, {50, 3}, {7, 0}, {100, 6}, {0, 5}};
+    for (int i = 0; i < 20; ++i) mixed.push_back({3000 + 37 * i, 1});
+    cases.push_back({"mixed_configs_g3_sinks", 24, 8, 128, 128, 64, mixed, 0, true, true, 7});
+    cases.push_back({"mixed_configs_192_w300", 24, 8, 192, 128, 32, mixed, 300, true, false, 0});
+  }
   Case err{"error_record_set", 24, 8, 128, 128, 64, {{10, 5}}, 0, true, false, 2};
   err.set_error = true;
   cases.push_back(err);
@@ -320,6 +326,13 @@ int main(int argc, char** argv) {
     add({"prefill_192_128 8k g16", 64, 4, 192, 128, 64, rep(1, {0, 8192})}, "tflops");
     add({"prefill_swa1024 2x8k", 24, 8, 128, 128, 64, rep(2, {0, 8192}), 1024}, "tflops");
     add({"prefill_swa128 192 2x8k", 64, 8, 192, 128, 64, rep(2, {0, 8192}), 128}, "tflops");
+    {
+      std::vector<std::pair<int, int>> mixed = rep(64, {4095, 1});
+      mixed.insert(mixed.begin(), {6144, 2048});
+      add({"mixed 2k chunk + 64 decodes", 24, 8, 128, 128, 64, mixed}, "tbs");
+      add({"mixed part: 2k chunk", 24, 8, 128, 128, 64, {{6144, 2048}}}, "tflops");
+      add({"mixed part: 64 decodes", 24, 8, 128, 128, 64, rep(64, {4095, 1})}, "tbs");
+    }
     add({"small_decode B1 512", 24, 8, 128, 128, 64, rep(1, {511, 1})}, "tbs");
   }
   if (argc > 2) {  // keep only cases whose name starts with one of the comma-separated prefixes

@@ -6,6 +6,7 @@ the generated instantiations included; g++ for csrc/common/*.cc and csrc/dlpack/
 statically) and runs ninja. Prints the build time and the number of generated instantiations.
 
 Usage: python scripts/build_cuda.py [--subset full|ci] [--arch 90a[,80]] [--jobs N] [--lineinfo]
+                                    [--cudart static|shared]
 """
 import argparse
 import os
@@ -113,9 +114,17 @@ def write_ninja(args, home: pathlib.Path, cu, cc) -> pathlib.Path:
         nvcc_flags.append("-lineinfo")
     cxx = os.environ.get("CXX", "g++")
     cxx_flags = common + ["-fPIC", "-fvisibility=hidden", "-Wall", f"-I{home / 'include'}"] + includes + pybind
-    # cudart_static by full path and no -L: a CUDA lib directory must not stand in front of the
-    # system libstdc++ that g++ links implicitly. Its symbols stay hidden inside the module.
-    ldflags = [str(cudart_static(home)), "-Wl,--exclude-libs,libcudart_static.a", "-ldl", "-lrt", "-lpthread"]
+    # The shared libstdc++ is named first, by soname: where only libstdc++.a answers g++'s implicit
+    # -lstdc++ (seen on the device image), the module would carry a private libstdc++ whose locale
+    # ids are never initialised and the first std::ostringstream number insertion crashes.
+    # cudart_static by full path and no -L, so that no CUDA lib directory stands in front of the
+    # system libraries; cudart's symbols stay hidden inside the module.
+    if args.cudart == "static":
+        cudart = [str(cudart_static(home)), "-Wl,--exclude-libs,libcudart_static.a"]
+    else:
+        lib = cudart_static(home).parent
+        cudart = [f"-L{lib}", "-lcudart", f"-Wl,-rpath,{lib}"]
+    ldflags = ["-l:libstdc++.so.6"] + cudart + ["-ldl", "-lrt", "-lpthread"]
     out_name = MODULE + sysconfig.get_config_var("EXT_SUFFIX")
 
     q = lambda flags: " ".join(shlex.quote(f) for f in flags)
@@ -160,6 +169,8 @@ def main() -> None:
     ap.add_argument("--arch", default="90a", help="compute capabilities, comma-separated (default: 90a)")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="parallel compile jobs")
     ap.add_argument("--lineinfo", action="store_true", help="add -lineinfo (for compute-sanitizer reports)")
+    ap.add_argument("--cudart", choices=("static", "shared"), default="static",
+                    help="link the CUDA runtime statically (default) or as libcudart.so with an rpath")
     args = ap.parse_args()
 
     start = time.monotonic()

@@ -2,24 +2,26 @@
 # One command on a CUDA machine: build the DLPack module (timed), run tests/gpu and the device smoke
 # test, compute-sanitizer memcheck + racecheck over the small smoke run, tests/gpu, optionally the benchmark.
 #
-# Usage: scripts/gpu_check.sh [--subset full|ci] [--arch 90a] [--bench] [--no-tests] [--no-sanitizer]
+# Usage: scripts/gpu_check.sh [--subset full|ci] [--arch 90a] [--cudart static|shared] [--bench]
+#                              [--no-tests] [--no-sanitizer]
 #                              [-k PYTEST_EXPR] [--step-timeout SECONDS]
 # Logs go to $OUT when it is set (else build/gpu_check/); a short summary is printed last.
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SUBSET=full ARCH=90a BENCH=0 TESTS=1 SANITIZER=1 PYTEST_K="" STEP_TIMEOUT=0
+SUBSET=full ARCH=90a CUDART=static BENCH=0 TESTS=1 SANITIZER=1 PYTEST_K="" STEP_TIMEOUT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --subset) SUBSET="$2"; shift 2 ;;
     --arch) ARCH="$2"; shift 2 ;;
+    --cudart) CUDART="$2"; shift 2 ;;
     --bench) BENCH=1; shift ;;
     --no-tests) TESTS=0; shift ;;
     --no-sanitizer) SANITIZER=0; shift ;;
     -k) PYTEST_K="$2"; shift 2 ;;
     --step-timeout) STEP_TIMEOUT="$2"; shift 2 ;;
-    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,7p "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +57,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 "$CUDA_HOME/bin/nvcc" --version | tail -n 2 | head -n 1
 
 if ! step "build ($SUBSET, sm_$ARCH)" "$LOG/build.log" \
-    "$PY" scripts/build_cuda.py --subset "$SUBSET" --arch "$ARCH" --lineinfo; then
+    "$PY" scripts/build_cuda.py --subset "$SUBSET" --arch "$ARCH" --cudart "$CUDART" --lineinfo; then
   printf '%s\n' "--- gpu_check summary" "${SUMMARY[@]}"
   exit 1
 fi

@@ -1,24 +1,8 @@
-"""Shared fixtures of the CPU tests: the Paddle CPU runner and the hypothesis profile.
+"""Shared fixture of the CPU op tests: the Paddle CPU runner.
 
 Nothing here imports paddle or torch at import time: the GPU machine (torch only) loads this file too.
 """
-import os
-
 import pytest
-
-try:
-    from hypothesis import HealthCheck, settings
-except ImportError:  # hypothesis is only needed by test_properties.py, which imports it itself
-    settings = None
-
-if settings is not None:
-    # Each example runs real ops; keep the count small and drop the per-example deadline (the first
-    # call loads the op library).
-    settings.register_profile("default", max_examples=40, deadline=None,
-                              suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("thorough", max_examples=100, deadline=None,
-                              suppress_health_check=[HealthCheck.too_slow])
-    settings.load_profile(os.environ.get("PADDLE_GQA_HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

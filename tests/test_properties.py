@@ -1,20 +1,27 @@
 """Property tests (hypothesis) of the CPU ops: random slot layouts against the reference, invariance
 under a permutation of physical blocks, and chunked prefill over steps == one prefill."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis drives these property tests")
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 import cases  # noqa: E402
+
+# Each example runs real ops: a modest count by default (PADDLE_GQA_HYPOTHESIS_EXAMPLES raises it),
+# and no per-example deadline (the first call loads the op library).
+EXAMPLES = settings(max_examples=int(os.environ.get("PADDLE_GQA_HYPOTHESIS_EXAMPLES", "40")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 layouts = st.lists(st.tuples(st.integers(0, 90), st.integers(0, 24)), min_size=1, max_size=5).filter(
     lambda lay: sum(n for _, n in lay) > 0)
 windows = st.one_of(st.just(0), st.integers(1, 70))
 
 
+@EXAMPLES
 @given(layout=layouts, window=windows, block_size=st.sampled_from(cases.BLOCK_SIZES),
        group=st.sampled_from(cases.GROUP_SIZES), hkv=st.integers(1, 2),
        dims=st.sampled_from(cases.HEAD_DIMS), dtype=st.sampled_from(cases.CPU_DTYPES),
@@ -37,6 +44,7 @@ def _permuted(case: cases.StepCase, perm: np.ndarray) -> cases.StepCase:
     return dataclasses.replace(case, key_cache=k, value_cache=v, block_tables=tables)
 
 
+@EXAMPLES
 @given(layout=layouts, window=windows, block_size=st.sampled_from((16, 32)),
        dtype=st.sampled_from(cases.CPU_DTYPES), seed=st.integers(0, 2 ** 16))
 def test_block_permutation_does_not_change_output(cpu_runner, layout, window, block_size, dtype, seed):
@@ -54,6 +62,7 @@ def test_block_permutation_does_not_change_output(cpu_runner, layout, window, bl
         assert np.array_equal(cpu_runner.bits(t_a[which]), cpu_runner.bits(t_b[which])[perm]), which
 
 
+@EXAMPLES
 @given(prefix=st.integers(0, 40), chunks=st.lists(st.integers(1, 37), min_size=2, max_size=5),
        window=windows, block_size=st.sampled_from((16, 64)), dtype=st.sampled_from(cases.CPU_DTYPES),
        rope=st.sampled_from(("none", "neox", "gptj")), seed=st.integers(0, 2 ** 16))
@@ -69,7 +78,7 @@ def test_chunked_prefill_equals_one_prefill(cpu_runner, prefix, chunks, window, 
 
     r = cpu_runner
     t = r.load(whole)  # the caches before the first chunk; updated in place by every step
-    hq, hkv, d, dv = 6, 2, 64, 64
+    hq, dv = 6, 64
     rows_of = np.arange(total)
     got = np.zeros((total, hq * dv))
     done = 0

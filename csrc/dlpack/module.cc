@@ -43,6 +43,13 @@ struct Borrowed {
 void check_stream_device(std::uintptr_t stream, const TensorView& first, const char* first_name) {
   if (first.device != DeviceKind::kCUDA) return;  // validation has refused it already
 #if CUDART_VERSION >= 12080
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(reinterpret_cast<cudaStream_t>(stream), &capture) == cudaSuccess &&
+      capture != cudaStreamCaptureStatusNone) {
+    // cudaStreamGetDevice is refused during capture (and would invalidate it); a stream of another
+    // device then fails at the first launch with CUDA's own error instead.
+    return;
+  }
   int device = -1;
   const cudaError_t status = cudaStreamGetDevice(reinterpret_cast<cudaStream_t>(stream), &device);
   if (status != cudaSuccess) {
@@ -171,5 +178,6 @@ PYBIND11_MODULE(paddle_gqa_cuda, m) {
         py::arg("softmax_scale") = 0.0, py::arg("stream") = 0,
         "Attention of q [rows, Hq, D] over the paged cache (which already holds the new tokens).");
   m.def("check_errors", &d::check_errors, py::arg("device_id") = 0,
-        "Raises ValueError for invalid step data recorded on the device during CUDA graph capture, and clears it.");
+        "Raises ValueError for invalid step data recorded on the device by a call captured in a CUDA graph, "
+        "and clears it. Synchronizes the device: call it outside graph capture.");
 }

@@ -36,3 +36,8 @@ def dlpack_runner():
     """The DLPack module with torch tensors (preallocated outputs; needed by the out-argument checks
     and the large cases)."""
     return _get("dlpack")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "large: multi-GB GPU cases (16k prefill, 64 x 32k decodes); "
+                                       "deselect with -m 'not large' for a quick run")

@@ -11,6 +11,8 @@ import pytest
 import cases
 from paddle_gqa import reference
 
+pytestmark = pytest.mark.large
+
 HQ, HKV, D, DV = 6, 2, 192, 128  # group 3, 192/128
 DEVICE = "cuda"
 

@@ -36,13 +36,16 @@ const Instance kInstances[] = {
 };
 #undef PGQA_ATTENTION_INSTANCE
 
+// "bfloat16 128/128, bfloat16 192/128": the dtype and head-dim pairs built (each with the
+// runtime-group kernels, so any group size runs).
 std::string built_keys() {
   std::ostringstream os;
-  bool first = true;
+  const Instance* prev = nullptr;
   for (const Instance& k : kInstances) {
-    os << (first ? "" : ", ") << dtype_name(k.dtype) << " " << k.head_dim << "/" << k.v_head_dim << " g"
-       << (k.group == 0 ? std::string("any") : std::to_string(k.group));
-    first = false;
+    if (prev != nullptr && prev->dtype == k.dtype && prev->head_dim == k.head_dim && prev->v_head_dim == k.v_head_dim)
+      continue;
+    os << (prev == nullptr ? "" : ", ") << dtype_name(k.dtype) << " " << k.head_dim << "/" << k.v_head_dim;
+    prev = &k;
   }
   return os.str();
 }

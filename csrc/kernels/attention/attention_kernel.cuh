@@ -315,7 +315,7 @@ void launch_config(const AttentionParams& p, const LaunchPlan& plan, cudaStream_
 template <typename T, int D, int DV, int GROUP>
 void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream) {
   if (plan.decode) {
-    launch_config<T, D, DV, GROUP, DecodeConfig>(p, plan, stream);
+    launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(p, plan, stream);
   } else {
     launch_config<T, D, DV, GROUP, PrefillConfig<D, DV>>(p, plan, stream);
   }

@@ -24,12 +24,12 @@ int resident_ctas_per_sm(const LaunchPlan& plan, const ProblemShape& shape) {
   const int d = shape.head_dim, dv = shape.v_head_dim;
   int smem, threads, regs;
   if (plan.decode) {
-    smem = smem_bytes(DecodeConfig::kBlockM, DecodeConfig::kBlockN, DecodeConfig::kWarpsN, DecodeConfig::kStages, d, dv);
-    threads = DecodeConfig::kThreads;
-    regs = dv <= 128 ? 128 : 255;
+    smem = smem_bytes(kDecodeBlockM, kDecodeBlockN, kDecodeWarpsN, decode_stages(d, dv), d, dv);
+    threads = 32 * kDecodeWarpsN;
+    regs = dv <= 128 ? 128 : 256;
   } else {
-    smem = smem_bytes(prefill_block_m(d, dv), kPrefillBlockN, 1, 2, d, dv);
-    threads = 32 * prefill_warps(d, dv);
+    smem = smem_bytes(prefill_block_m(dv), kPrefillBlockN, 1, 2, d, dv);
+    threads = 32 * kPrefillWarps;
     regs = 256;
   }
   const int by_smem = kSmemPerSm / (smem + kSmemReservedPerCta);
@@ -108,9 +108,9 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   const int64_t batch = shape.batch;
   const int64_t g = shape.group;
   // Few packed rows per slot: a 16-row tile holds a whole slot, warps split the keys instead.
-  plan.decode = rows * g <= batch * DecodeConfig::kBlockM;
-  plan.block_m = plan.decode ? DecodeConfig::kBlockM : prefill_block_m(shape.head_dim, shape.v_head_dim);
-  plan.block_n = plan.decode ? DecodeConfig::kBlockN : kPrefillBlockN;
+  plan.decode = rows * g <= batch * kDecodeBlockM;
+  plan.block_m = plan.decode ? kDecodeBlockM : prefill_block_m(shape.v_head_dim);
+  plan.block_n = plan.decode ? kDecodeBlockN : kPrefillBlockN;
   const int64_t packed_tiles = (rows * g + plan.block_m - 1) / plan.block_m;
   plan.grid_tiles = packed_tiles + batch;
   // Tiles never cross slots, so at least min(rows, B) tiles exist when every row is a token.

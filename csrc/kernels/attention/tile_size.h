@@ -30,27 +30,26 @@ struct TileConfig {
   static_assert(STAGES >= 2, "at least double buffering");
 };
 
-#ifndef PGQA_TUNE_DECODE_STAGES
-#define PGQA_TUNE_DECODE_STAGES 3
-#endif
-#ifndef PGQA_TUNE_P128_WIDE
-#define PGQA_TUNE_P128_WIDE 0
-#endif
-
-// Many rows per slot (prefill, chunked prefill), 64-key tiles, two stages. Two 16-row atoms per
-// warp halve the shared-memory reads per MMA; the fp32 O accumulator (16 x Dv per atom) must fit
-// in registers:
-//   D, Dv <= 128:  128 rows, 4 warps x 2 atoms (two CTAs per SM)
-//   D > 128, Dv <= 128 (192/128): 256 rows, 8 warps x 2 atoms (one CTA per SM; Q is large)
-//   Dv > 128:      128 rows, 8 warps x 1 atom
-constexpr int prefill_warps(int d, int dv) { return dv > 128 || d > 128 || PGQA_TUNE_P128_WIDE ? 8 : 4; }
-constexpr int prefill_atoms(int dv) { return dv > 128 ? 1 : 2; }
-constexpr int prefill_block_m(int d, int dv) { return 16 * prefill_warps(d, dv) * prefill_atoms(dv); }
+// Many rows per slot (prefill, chunked prefill): 8 warps, 64-key tiles, two stages. Two 16-row
+// atoms per warp halve the shared-memory reads per MMA (256-row tiles) while the fp32 O
+// accumulator (16 x Dv floats per atom) fits in registers, i.e. for Dv <= 128; wider V takes one
+// atom per warp (128-row tiles). One CTA per SM (registers).
+inline constexpr int kPrefillWarps = 8;
 inline constexpr int kPrefillBlockN = 64;
+constexpr int prefill_atoms(int dv) { return dv > 128 ? 1 : 2; }
+constexpr int prefill_block_m(int dv) { return 16 * kPrefillWarps * prefill_atoms(dv); }
 template <int D, int DV>
-using PrefillConfig = TileConfig<prefill_block_m(D, DV), kPrefillBlockN, prefill_warps(D, DV), 1, prefill_atoms(DV), 2>;
-// Few rows per slot (decode): 16 rows, 4 warps splitting each 64-key tile (16 keys each).
-using DecodeConfig = TileConfig<16, 64, 1, 4, 1, PGQA_TUNE_DECODE_STAGES>;
+using PrefillConfig = TileConfig<prefill_block_m(DV), kPrefillBlockN, kPrefillWarps, 1, prefill_atoms(DV), 2>;
+
+// Few rows per slot (decode): 16 rows, 4 warps splitting each 64-key tile (16 keys each). Three
+// stages keep two tiles in flight while two CTAs share an SM (D + Dv <= 256); wider heads keep
+// two stages so that two CTAs still fit.
+inline constexpr int kDecodeBlockM = 16;
+inline constexpr int kDecodeBlockN = 64;
+inline constexpr int kDecodeWarpsN = 4;
+constexpr int decode_stages(int d, int dv) { return d + dv <= 256 ? 3 : 2; }
+template <int D, int DV>
+using DecodeConfig = TileConfig<kDecodeBlockM, kDecodeBlockN, 1, kDecodeWarpsN, 1, decode_stages(D, DV)>;
 
 // Padding (elements) after each shared-memory row of Q, K and V: rows of D+8 b16 elements shift
 // consecutive rows by 4 banks, so ldmatrix and 16-byte cp.async stores are conflict-free.
