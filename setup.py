@@ -3,7 +3,9 @@ kernels when a toolkit is found), loaded at run time by paddle_gqa/_load.py.
 
 Environment:
   PADDLE_GQA_WITH_CUDA      0 | 1 | auto (default): compile csrc/kernels/**/*.cu. auto = when a CUDA
-                            toolkit is found and csrc/kernels has .cu files; 1 = fail if either is missing.
+                            toolkit is found AND `nvidia-smi -L` lists a GPU (a CPU-only machine gets
+                            the quick CPU build; build wheels for GPUs elsewhere with 1); 1 = compile,
+                            fail if the toolkit or the sources are missing.
   PADDLE_GQA_CUDA_ARCHS     ";"-separated SM list, default "80;90a" ("90a" -> sm_90a, "80" -> sm_80).
   PADDLE_GQA_KERNEL_SUBSET  full (default) | ci: which instantiations scripts/gen_kernels.py writes.
   CUDA_HOME                 the toolkit root; found from nvcc when unset.
@@ -105,7 +107,19 @@ if WITH_CUDA_CHOICE == "1" and CUDA_HOME is None:
     raise SystemExit("PADDLE_GQA_WITH_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME")
 if WITH_CUDA_CHOICE == "1" and not CU_SOURCES:
     raise SystemExit("PADDLE_GQA_WITH_CUDA=1 but csrc/kernels has no .cu files")
-WITH_CUDA = WITH_CUDA_CHOICE != "0" and CUDA_HOME is not None and bool(CU_SOURCES)
+
+
+def gpu_visible():
+    """Whether this machine shows an NVIDIA GPU (auto builds the CUDA kernels only then)."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0 and "GPU" in listed.stdout
+
+
+WITH_CUDA = (CUDA_HOME is not None and bool(CU_SOURCES)
+             and (WITH_CUDA_CHOICE == "1" or (WITH_CUDA_CHOICE == "auto" and gpu_visible())))
 if CUDA_HOME is not None:
     # Paddle's cpp_extension reads CUDA_HOME when it is imported (below) and otherwise guesses the
     # root from `which nvcc`, which is wrong for wrapper scripts.

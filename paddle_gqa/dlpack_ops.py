@@ -16,10 +16,12 @@ import importlib.machinery
 import importlib.util
 import os
 
-__all__ = ["append_attention", "rope_write_cache", "paged_attention", "check_errors", "cuda_module",
-           "current_stream"]
+__all__ = ["append_attention", "rope_write_cache", "paged_attention", "plan", "check_errors", "cuda_module",
+           "current_stream", "PLAN_WORDS"]
 
 MODULE_NAME = "paddle_gqa_cuda"
+# int32 words of a plan tensor (csrc/include/paddle_gqa/plan.h; the module's PLAN_WORDS).
+PLAN_WORDS = 8
 ENV_DIR = "PADDLE_GQA_CUDA_MODULE_DIR"
 _REPO_BUILD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "dlpack")
 
@@ -86,34 +88,52 @@ def _stream(out, stream):
 
 def append_attention(out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
                      rotary_cos=None, rotary_sin=None, sinks=None, *, rotary_dim=0, neox_style=True,
-                     sliding_window=0, causal=True, softmax_scale=0.0, stream=None):
-    """RoPE + cache write + attention into out [rows, Hq*Dv]; returns out."""
+                     sliding_window=0, causal=True, softmax_scale=0.0, stream=None, plan=None):
+    """RoPE + cache write + attention into out [rows, Hq*Dv]; returns out. With `plan` (from `plan`)
+    the call does not synchronize; invalid step data is then raised by `check_errors`."""
     cuda_module().append_attention(out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
                                    rotary_cos, rotary_sin, sinks, rotary_dim=rotary_dim, neox_style=neox_style,
                                    sliding_window=sliding_window, causal=causal, softmax_scale=softmax_scale,
-                                   stream=_stream(out, stream))
+                                   stream=_stream(out, stream), plan=plan)
     return out
 
 
 def rope_write_cache(q_out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
-                     rotary_cos=None, rotary_sin=None, *, rotary_dim=0, neox_style=True, stream=None):
-    """RoPE + cache write; rotated queries into q_out [rows, Hq, D]; returns q_out."""
+                     rotary_cos=None, rotary_sin=None, *, rotary_dim=0, neox_style=True, stream=None,
+                     plan=None):
+    """RoPE + cache write; rotated queries into q_out [rows, Hq, D]; returns q_out. `plan` as for
+    append_attention."""
     cuda_module().rope_write_cache(q_out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
                                    rotary_cos, rotary_sin, rotary_dim=rotary_dim, neox_style=neox_style,
-                                   stream=_stream(q_out, stream))
+                                   stream=_stream(q_out, stream), plan=plan)
     return q_out
 
 
 def paged_attention(out, q, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens, sinks=None, *,
-                    sliding_window=0, causal=True, softmax_scale=0.0, stream=None):
-    """Attention of q [rows, Hq, D] over the paged cache into out [rows, Hq*Dv]; returns out."""
+                    sliding_window=0, causal=True, softmax_scale=0.0, stream=None, plan=None):
+    """Attention of q [rows, Hq, D] over the paged cache into out [rows, Hq*Dv]; returns out. `plan`
+    as for append_attention."""
     cuda_module().paged_attention(out, q, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens, sinks,
                                   sliding_window=sliding_window, causal=causal, softmax_scale=softmax_scale,
-                                  stream=_stream(out, stream))
+                                  stream=_stream(out, stream), plan=plan)
     return out
+
+
+def plan(plan_out, q_or_qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens, rotary_cos=None,
+         rotary_sin=None, *, rotary_dim=0, sliding_window=0, causal=True, stream=None):
+    """Checks one step's data for one spec group (the ops' validation, and the device data with
+    the step's one read-back: ValueError naming the argument) and writes the plan into plan_out,
+    int32 [PLAN_WORDS] on the step's device; returns plan_out. Pass it as `plan=` to every op of the
+    step with the same sliding_window / causal (and RoPE tables given or not), so they do not
+    synchronize. q_or_qkv: the step's qkv or q [rows, Hq, D]."""
+    cuda_module().plan(plan_out, q_or_qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
+                       rotary_cos, rotary_sin, rotary_dim=rotary_dim, sliding_window=sliding_window, causal=causal,
+                       stream=_stream(plan_out, stream))
+    return plan_out
 
 
 def check_errors(device_id=0):
     """Raises ValueError for invalid step data recorded on `device_id` by a call captured in a CUDA
-    graph, and clears the record. Synchronizes the device: call it outside graph capture."""
+    graph or given a plan, and clears the record. Synchronizes the device: call it outside graph
+    capture."""
     cuda_module().check_errors(device_id)

@@ -119,19 +119,42 @@ def _stream():
     return torch.cuda.current_stream().cuda_stream if DEVICE == "cuda" else None
 
 
-def ours_paged(ops, case):
+def make_plans(ops, case, sets, rope=None):
+    """{id(set): the set's step plan} (ops.plan, with its one read-back), made once before timing: a
+    plan is per step and spec group, not per layer, so a timed call given it costs what each layer of
+    a step pays. Made from qkv, whose rows equal q_rows', so it serves paged_attention too."""
+    cos, sin = rope if rope is not None else (None, None)
+    plans = {}
+    for s in sets:
+        plan_out = torch.empty(ops.PLAN_WORDS, dtype=torch.int32, device=DEVICE)
+        plans[id(s)] = ops.plan(plan_out, s.qkv, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q,
+                                s.cache_seqlens, cos, sin, rotary_dim=case.d if rope else 0,
+                                sliding_window=case.window, causal=True, stream=_stream())
+    return plans
+
+
+def _raise_deferred(ops):
+    """Calls given a plan defer invalid step data to check_errors: raise it where it is measured."""
+    if DEVICE == "cuda":
+        ops.check_errors(torch.cuda.current_device())
+
+
+def ours_paged(ops, case, plans=None):
+    """One paged_attention call; with `plans` (make_plans) the set's plan is given, so it does not sync."""
     def run(s):
         ops.paged_attention(s.out, s.q_rows, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q,
-                            s.cache_seqlens, s.sinks, sliding_window=case.window, causal=True, stream=_stream())
+                            s.cache_seqlens, s.sinks, sliding_window=case.window, causal=True, stream=_stream(),
+                            plan=plans[id(s)] if plans else None)
     return run
 
 
-def ours_append(ops, case, rope=None):
+def ours_append(ops, case, rope=None, plans=None):
     def run(s):
         cos, sin = rope if rope is not None else (None, None)
         ops.append_attention(s.out, s.qkv, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q,
                              s.cache_seqlens, cos, sin, s.sinks, rotary_dim=case.d if rope else 0,
-                             neox_style=True, sliding_window=case.window, causal=True, stream=_stream())
+                             neox_style=True, sliding_window=case.window, causal=True, stream=_stream(),
+                             plan=plans[id(s)] if plans else None)
     return run
 
 
@@ -144,14 +167,17 @@ def rope_tables(case, groups):
 
 
 def check_and_time_ours(ops, case, groups, sets, picks, timer, full_reference: bool):
-    """paged_attention checked (poisoned output, fp32 sample, optional full float64 reference), then timed."""
+    """paged_attention given the step's plan, checked (poisoned output, fp32 sample, optional full
+    float64 reference), then timed; also timed without a plan (each call then reads its check back)."""
     res = {}
     s = sets[0]
-    run = ours_paged(ops, case)
     try:
+        plans = make_plans(ops, case, sets)
+        run = ours_paged(ops, case, plans)
         s.out.fill_(float("nan"))
         run(s)
         _sync()
+        _raise_deferred(ops)
         unwritten = int((~torch.isfinite(s.out)).sum())
         err = bc.check_ours(case, groups, s, picks)
         res["paged_rel_err"] = err
@@ -160,19 +186,22 @@ def check_and_time_ours(ops, case, groups, sets, picks, timer, full_reference: b
         res["paged_unwritten"] = unwritten
         res["correct"] = unwritten == 0 and err <= bc.REL_ERR_LIMIT and res.get("paged_ref_rel_err", 0) <= bc.REL_ERR_LIMIT
         res["paged_ms"] = timer(run, sets)
+        _raise_deferred(ops)
+        res["paged_noplan_ms"] = timer(ours_paged(ops, case), sets)
     except Exception as e:
         res["paged_error"] = f"{type(e).__name__}: {str(e).strip()[:500]}"
         res["correct"] = False
         return res
 
     # append_attention: writes the step's K/V (same values already there), then attends.
-    run_a = ours_append(ops, case)
+    run_a = ours_append(ops, case, plans=plans)
     try:
         small = s.key_cache.numel() * s.key_cache.element_size() < 2**31
         before = (s.key_cache.clone(), s.value_cache.clone()) if small else None
         s.out.fill_(float("nan"))
         run_a(s)
         _sync()
+        _raise_deferred(ops)
         res["append_rel_err"] = bc.check_ours(case, groups, s, picks)
         res["append_unwritten"] = int((~torch.isfinite(s.out)).sum())
         if before is not None:
@@ -181,10 +210,13 @@ def check_and_time_ours(ops, case, groups, sets, picks, timer, full_reference: b
         res["append_correct"] = (res["append_unwritten"] == 0 and res["append_rel_err"] <= bc.REL_ERR_LIMIT
                                  and res.get("append_cache_unchanged", True))
         res["append_ms"] = timer(run_a, sets)
+        res["append_noplan_ms"] = timer(ours_append(ops, case), sets)
         # With RoPE tables (rotary_dim = D): the full fused step. Timed only; it rewrites the step's keys
         # rotated, so it comes after every check of this case.
-        run_r = ours_append(ops, case, rope_tables(case, groups))
+        rope = rope_tables(case, groups)
+        run_r = ours_append(ops, case, rope, make_plans(ops, case, sets, rope))
         res["append_rope_ms"] = timer(run_r, sets)
+        _raise_deferred(ops)
     except Exception as e:
         res["append_error"] = f"{type(e).__name__}: {str(e).strip()[:500]}"
     return res
@@ -377,19 +409,21 @@ def markdown(results, ceil, env, args):
              "",
              "Figures: decode TB/s = K+V bytes the step must read / time; prefill and mixed TFLOP/s = "
              "2*Hq*visible_pairs*(D+Dv) / time; latency in us. Ours = `paged_attention` on a cache that "
-             "already holds the step's tokens (block size 64, shuffled block ids), one call per timing; "
-             "`(graph X)` = the same call replayed from a CUDA graph (GPU time without host work, not used "
-             "for targets); `(Nx)` = peer time / our time.",
+             "already holds the step's tokens (block size 64, shuffled block ids), one call per timing, given "
+             "the step's plan (made once per step before timing, as a model makes it once for all its layers: "
+             "the call does not synchronize); `no plan` = the same call without it (each call reads its "
+             "step check back); `(graph X)` = the call replayed from a CUDA graph (GPU time without host "
+             "work, not used for targets); `(Nx)` = peer time / our time (with the plan).",
              "",
-             "| case | unit | ours | % ceiling | SDPA-flash | SDPA-cuDNN | flex | target | met |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| case | unit | ours | no plan | % ceiling | SDPA-flash | SDPA-cuDNN | flex | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for r in results:
         if "skipped" in r:
-            lines.append(f"| {r['name']} | | not run: {r['skipped']} | | | | | {r.get('target', '')} | |")
+            lines.append(f"| {r['name']} | | not run: {r['skipped']} | | | | | | {r.get('target', '')} | |")
             continue
         if "error" in r:
-            lines.append(f"| {r['name']} | | case failed: {r['error'][:120]} | | | | | {r.get('target', '')} | missed |")
+            lines.append(f"| {r['name']} | | case failed: {r['error'][:120]} | | | | | | {r.get('target', '')} | missed |")
             continue
         u = unit_of(r)
         ms = our_ms(r)
@@ -398,6 +432,8 @@ def markdown(results, ceil, env, args):
             ours += " (WRONG)"
         if r.get("ours") and r["ours"].get("paged_graph_ms"):
             ours += f" (graph {_fmt(value_of(r, r['ours']['paged_graph_ms']))})"
+        noplan_ms = (r.get("ours") or {}).get("paged_noplan_ms")
+        noplan = _fmt(value_of(r, noplan_ms)) if noplan_ms else "-"
         pct = "-"
         if ms and r["kind"] == "decode":
             pct = f"{100 * value_of(r, ms) / ceil['copy_tbps']:.0f}%"
@@ -423,7 +459,7 @@ def markdown(results, ceil, env, args):
                 notes.append(f"- {r['name']} / {pn}: {n}")
         met, detail = r.get("met"), r.get("met_detail", "")
         mtxt = {True: "met", False: "missed", None: "n/a"}[met]
-        lines.append(f"| {r['name']}: {r['title']} | {u} | {ours} | {pct} | " + " | ".join(cells)
+        lines.append(f"| {r['name']}: {r['title']} | {u} | {ours} | {noplan} | {pct} | " + " | ".join(cells)
                      + f" | {r['target']} | {mtxt}: {detail} |")
     lines.append("")
     lines.append("Per case (ms; errors are relative Frobenius errors vs fp32 attention on sampled rows):")
@@ -433,7 +469,8 @@ def markdown(results, ceil, env, args):
             o = r.get("ours") or {}
             bits = [f"sets {r.get('sets')}"]
             if o:
-                bits.append(f"paged {_fmt(o.get('paged_ms'), 4)} ms err {_fmt(o.get('paged_rel_err'), 5)}")
+                bits.append(f"paged {_fmt(o.get('paged_ms'), 4)} ms err {_fmt(o.get('paged_rel_err'), 5)} "
+                            f"(without a plan {_fmt(o.get('paged_noplan_ms'), 4)} ms)")
                 if "paged_graph_ms" in o:
                     bits.append(f"paged as CUDA-graph replay {_fmt(o['paged_graph_ms'], 4)} ms")
                 if "paged_graph_error" in o:
@@ -448,6 +485,7 @@ def markdown(results, ceil, env, args):
                     bits.append(f"append_attention {_fmt(o['append_ms'], 4)} ms{'' if o.get('append_correct') else ' (WRONG)'} "
                             f"(err {_fmt(o.get('append_rel_err'), 5)}, "
                                 f"cache unchanged: {o.get('append_cache_unchanged', 'not checked')}), "
+                                f"without a plan {_fmt(o.get('append_noplan_ms'), 4)} ms, "
                                 f"with RoPE {_fmt(o.get('append_rope_ms'), 4)} ms")
                 if "append_error" in o:
                     bits.append(f"append error `{o['append_error']}`")

@@ -3,10 +3,12 @@
 #include "paddle_gqa/validate.h"
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 #include "paddle_gqa/errors.h"
 #include "paddle_gqa/generated/supported.h"
+#include "paddle_gqa/plan.h"
 
 namespace paddle_gqa {
 namespace {
@@ -279,6 +281,14 @@ void check_out(const Placement& pl, const TensorView& out, const ProblemShape& s
 
 constexpr const char* kQkvLayout = "[rows, Hq*D + Hkv*D + Hkv*Dv]";
 
+// A plan tensor (given or preallocated): int32 [kPlanWords] on the call's device.
+void check_plan_tensor(const Placement& pl, const TensorView& t, const char* name) {
+  check_dtype(t, name, DType::kInt32, "a plan is int32 words (plan.h); pass the tensor the plan op returned");
+  check_tensor(pl, t, name, 1, "[8] int32 words made by the plan op");
+  PGQA_CHECK_ARG(t.shape[0] == kPlanWords, name, ": shape ", shape_str(t), ", expected [", kPlanWords,
+                 "] (int32 words made by the plan op)");
+}
+
 }  // namespace
 
 ProblemShape validate_rope_write_cache(Backend backend, const TensorView& qkv, const StepInputs& step,
@@ -317,6 +327,42 @@ ProblemShape validate_append_attention(Backend backend, const TensorView& qkv, c
   resolve_scale(shape);
   check_out(pl, out, shape);
   return shape;
+}
+
+ProblemShape validate_plan(Backend backend, const TensorView& q_or_qkv, const StepInputs& step,
+                           const RopeInputs& rope, const MaskInputs& mask, const TensorView& plan_out) {
+  require_defined(q_or_qkv, "q_or_qkv");
+  PGQA_CHECK_ARG(q_or_qkv.ndim == 2 || q_or_qkv.ndim == 3, "q_or_qkv: rank ", q_or_qkv.ndim, " (shape ",
+                 shape_str(q_or_qkv), "), expected the step's qkv ", kQkvLayout,
+                 " (rank 2) or q [rows, Hq, D] (rank 3)");
+  PGQA_CHECK_ARG(!mask.sinks.defined(), "sinks: a plan does not take sinks (they do not change which data the "
+                 "step reads): pass them to the op");
+  const bool is_q = q_or_qkv.ndim == 3;
+  ProblemShape shape;
+  const Placement pl = is_q ? check_first(backend, q_or_qkv, "q", 3, "[rows, Hq, D]", shape)
+                            : check_first(backend, q_or_qkv, "qkv", 2, kQkvLayout, shape);
+  check_step(pl, step, shape);
+  if (is_q) {
+    derive_heads_from_q(q_or_qkv, shape);
+  } else {
+    derive_heads_from_qkv(q_or_qkv, shape);
+  }
+  check_rope(pl, rope, shape);
+  check_mask(pl, mask, shape);
+  resolve_scale(shape);
+  // The plan's words are int32 (plan.h).
+  PGQA_CHECK_ARG(shape.rows <= INT32_MAX, is_q ? "q" : "qkv", ": shape ", shape_str(q_or_qkv), " has ",
+                 shape.rows, " rows, more than a plan's int32 words hold (", INT32_MAX, ")");
+  PGQA_CHECK_ARG(shape.batch <= INT32_MAX, "block_tables: shape ", shape_str(step.block_tables), " has ",
+                 shape.batch, " slots, more than a plan's int32 words hold (", INT32_MAX, ")");
+  if (plan_out.defined()) check_plan_tensor(pl, plan_out, "plan_out");
+  return shape;
+}
+
+void validate_plan_input(Backend backend, const TensorView& plan, const TensorView& anchor,
+                         const char* anchor_name) {
+  if (!plan.defined()) return;
+  check_plan_tensor(place(backend, anchor, anchor_name), plan, "plan");
 }
 
 }  // namespace paddle_gqa

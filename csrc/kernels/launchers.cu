@@ -1,5 +1,6 @@
 // The CUDA launchers of launchers.h: step check -> RoPE/cache write -> attention, on the caller's
-// stream, with the device-side error record read back once per call outside graph capture.
+// stream, with the device-side error record read back once per call outside graph capture, or
+// once per step by plan_step when the ops are given its plan (plan.h).
 #include "paddle_gqa/launchers.h"
 
 #include <cstddef>
@@ -7,6 +8,7 @@
 #include "attention/attention.h"
 #include "cuda_check.h"
 #include "paddle_gqa/errors.h"
+#include "paddle_gqa/plan.h"
 #include "paddle_gqa/step_rules.h"
 #include "rope_write_cache.cuh"
 #include "step_check.cuh"
@@ -100,9 +102,9 @@ void require_output(const TensorView& t, const char* name) {
                  ", but none was given");
 }
 
-// Ends an op call. Outside capture: one small read-back of the record; a pending error from an
-// earlier captured call is raised (and cleared) first, then this call's own. Under capture the
-// record stays on the device for check_errors() or the next uncaptured call.
+// Ends an op or plan call. Outside capture: one small read-back of the record; a pending error from
+// an earlier captured or plan-given call is raised (and cleared) first, then this call's own. Under
+// capture the record stays on the device for check_errors() or the next uncaptured call.
 void finish_call(StepErrorState* state, bool capturing, cudaStream_t stream) {
   if (capturing) return;
   StepError host[2];  // current, sticky: adjacent in StepErrorState
@@ -113,8 +115,8 @@ void finish_call(StepErrorState* state, bool capturing, cudaStream_t stream) {
   if (host[1].code != 0) {
     PGQA_CUDA_CHECK(cudaMemsetAsync(&state->sticky, 0, sizeof(StepError), stream));
     PGQA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    throw InvalidArgument(str("invalid step data in an earlier call captured in a CUDA graph (nothing was "
-                              "written by it): ", describe(host[1])));
+    throw InvalidArgument(str("invalid step data in an earlier call captured in a CUDA graph or given a plan "
+                              "(nothing was written by it): ", describe(host[1])));
   }
   if (host[0].code != 0) throw InvalidArgument(describe(host[0]));
 }
@@ -123,66 +125,93 @@ struct CallContext {
   cudaStream_t stream;
   int device;
   bool capturing;
+  bool defer;  // errors go to the sticky record, nothing is read back: capture or a plan was given
   StepErrorState* state;
 };
 
-CallContext begin_call(const TensorView& first, void* stream_ptr) {
+CallContext begin_call(const TensorView& first, void* stream_ptr, bool defer_errors) {
   CallContext c;
   c.stream = static_cast<cudaStream_t>(stream_ptr);
   c.device = first.device_id;
   c.capturing = is_capturing(c.stream);
+  c.defer = c.capturing || defer_errors;
   c.state = step_error_state(c.device, c.capturing);
   return c;
+}
+
+void end_call(const CallContext& c) {
+  if (!c.defer) finish_call(c.state, c.capturing, c.stream);
+}
+
+// One thread writes the plan's words, the error word from the check that ran just before it on
+// the same stream (so a captured plan records what each replay found).
+__global__ void write_plan_kernel(PlanWords words, int32_t* plan, const StepError* error) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  for (int i = 0; i < kPlanWords; ++i) plan[i] = words.w[i];
+  plan[kPlanErrorCode] = error->code;
 }
 
 }  // namespace
 
 void rope_write_cache(const ProblemShape& shape, const TensorView& qkv, const StepInputs& step,
-                      const RopeInputs& rope, const TensorView& q_out, void* stream) {
+                      const RopeInputs& rope, const TensorView& q_out, void* stream, bool defer_errors) {
   require_output(q_out, "q_out");
   DeviceGuard guard(qkv.device_id);
-  const CallContext c = begin_call(qkv, stream);
-  launch_step_check(make_step_data(shape, step, /*checks_reads=*/false, /*rope=*/true), c.state, c.capturing,
+  const CallContext c = begin_call(qkv, stream, defer_errors);
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/false, /*rope=*/true), c.state, c.defer,
                     c.stream);
   launch_rope_write_cache(make_rope_params(shape, qkv, step, rope, q_out.data, &c.state->current), c.stream);
-  finish_call(c.state, c.capturing, c.stream);
+  end_call(c);
 }
 
 void paged_attention(const ProblemShape& shape, const TensorView& q, const StepInputs& step,
-                     const MaskInputs& mask, const TensorView& out, void* stream) {
+                     const MaskInputs& mask, const TensorView& out, void* stream, bool defer_errors) {
   require_output(out, "out");
   DeviceGuard guard(q.device_id);
-  const CallContext c = begin_call(q, stream);
+  const CallContext c = begin_call(q, stream, defer_errors);
   const int sms = num_sms(c.device);
   const size_t attn_bytes = attention_workspace_bytes(shape, sms);
   void* ws = workspace(c.device, attn_bytes, c.capturing);
-  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/false), c.state, c.capturing,
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/false), c.state, c.defer,
                     c.stream);
   const int64_t d = shape.head_dim;
   const AttentionInputs in = make_attention_inputs(shape, q.data, int64_t(shape.num_q_heads) * d, d, step, mask,
                                                    out, &c.state->current);
   if (shape.rows > 0) run_attention(shape, in, ws, attn_bytes, sms, c.stream);
-  finish_call(c.state, c.capturing, c.stream);
+  end_call(c);
 }
 
 void append_attention(const ProblemShape& shape, const TensorView& qkv, const StepInputs& step,
-                      const RopeInputs& rope, const MaskInputs& mask, const TensorView& out, void* stream) {
+                      const RopeInputs& rope, const MaskInputs& mask, const TensorView& out, void* stream,
+                      bool defer_errors) {
   require_output(out, "out");
   DeviceGuard guard(qkv.device_id);
-  const CallContext c = begin_call(qkv, stream);
+  const CallContext c = begin_call(qkv, stream, defer_errors);
   const int sms = num_sms(c.device);
   // Workspace: the rotated queries [rows, Hq, D], then the attention kernel's scratch.
   const int64_t q_row = int64_t(shape.num_q_heads) * shape.head_dim;
   const size_t q_bytes = align_up(size_t(shape.rows) * size_t(q_row) * size_t(dtype_bytes(shape.dtype)));
   const size_t attn_bytes = attention_workspace_bytes(shape, sms);
   char* ws = static_cast<char*>(workspace(c.device, q_bytes + attn_bytes, c.capturing));
-  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/true), c.state, c.capturing,
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/true), c.state, c.defer,
                     c.stream);
   launch_rope_write_cache(make_rope_params(shape, qkv, step, rope, ws, &c.state->current), c.stream);
   const AttentionInputs in = make_attention_inputs(shape, ws, q_row, shape.head_dim, step, mask, out,
                                                    &c.state->current);
   if (shape.rows > 0) run_attention(shape, in, ws + q_bytes, attn_bytes, sms, c.stream);
-  finish_call(c.state, c.capturing, c.stream);
+  end_call(c);
+}
+
+void plan_step(const ProblemShape& shape, const StepInputs& step, const TensorView& plan_out, void* stream) {
+  require_output(plan_out, "plan_out");
+  DeviceGuard guard(plan_out.device_id);
+  const CallContext c = begin_call(plan_out, stream, /*defer_errors=*/false);
+  // Reads and positions: the widest check any op of the step runs (rope_write_cache checks less).
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/true), c.state, c.defer,
+                    c.stream);
+  write_plan_kernel<<<1, 32, 0, c.stream>>>(make_plan_words(shape), plan_out.ptr<int32_t>(), &c.state->current);
+  PGQA_CUDA_CHECK_LAUNCH("write_plan_kernel");
+  end_call(c);
 }
 
 void check_errors(int device_id) {
@@ -195,8 +224,8 @@ void check_errors(int device_id) {
   PGQA_CUDA_CHECK(cudaMemcpy(&sticky, &state->sticky, sizeof(StepError), cudaMemcpyDeviceToHost));
   if (sticky.code == 0) return;
   PGQA_CUDA_CHECK(cudaMemset(&state->sticky, 0, sizeof(StepError)));
-  throw InvalidArgument(str("invalid step data in a call captured in a CUDA graph (nothing was written by it): ",
-                            describe(sticky)));
+  throw InvalidArgument(str("invalid step data in a call captured in a CUDA graph or given a plan (nothing was "
+                            "written by it): ", describe(sticky)));
 }
 
 }  // namespace paddle_gqa::cuda

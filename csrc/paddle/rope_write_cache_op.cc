@@ -9,6 +9,8 @@ namespace pb = paddle_gqa::paddle_binding;
 namespace {
 
 // Returns {q [rows, Hq, D]}; key_cache and value_cache are written in place.
+// `plan` (optional, plan.h): checked on the host (and its words on CPU); on CUDA the op then defers
+// invalid step data to the sticky record instead of synchronizing.
 std::vector<paddle::Tensor> RopeWriteCache(const paddle::Tensor& qkv, paddle::Tensor& key_cache,
                                            paddle::Tensor& value_cache,
                                            const paddle::Tensor& block_tables,
@@ -16,6 +18,7 @@ std::vector<paddle::Tensor> RopeWriteCache(const paddle::Tensor& qkv, paddle::Te
                                            const paddle::Tensor& cache_seqlens,
                                            const paddle::optional<paddle::Tensor>& rotary_cos,
                                            const paddle::optional<paddle::Tensor>& rotary_sin,
+                                           const paddle::optional<paddle::Tensor>& plan,
                                            int rotary_dim, bool neox_style) {
   return pb::run_op("rope_write_cache", [&] {
     using namespace paddle_gqa;
@@ -30,14 +33,18 @@ std::vector<paddle::Tensor> RopeWriteCache(const paddle::Tensor& qkv, paddle::Te
     rope.neox_style = neox_style;
 
     const ProblemShape shape = validate_rope_write_cache(backend, qkv_v, step, rope, TensorView{});
+    const TensorView plan_v = pb::view(plan, "plan");
+    validate_plan_input(backend, plan_v, qkv_v, "qkv");
     paddle::Tensor q = paddle::empty({shape.rows, int64_t(shape.num_q_heads), int64_t(shape.head_dim)},
                                      qkv.dtype(), qkv.place());
     const TensorView q_v = pb::view(q, "q");
     if (backend == Backend::kCPU) {
+      if (plan_v.defined()) paddle_gqa::cpu::check_plan(shape, plan_v, /*mask=*/false, /*rope=*/true);
       paddle_gqa::cpu::rope_write_cache(shape, qkv_v, step, rope, q_v);
     } else {
 #ifdef PADDLE_GQA_WITH_CUDA
-      paddle_gqa::cuda::rope_write_cache(shape, qkv_v, step, rope, q_v, pb::stream_of(qkv));
+      paddle_gqa::cuda::rope_write_cache(shape, qkv_v, step, rope, q_v, pb::stream_of(qkv),
+                                         /*defer_errors=*/plan_v.defined());
 #endif
     }
     return std::vector<paddle::Tensor>{q};
@@ -49,7 +56,8 @@ std::vector<std::vector<int64_t>> RopeWriteCacheInferShape(
     const std::vector<int64_t>& value_cache, const std::vector<int64_t>& /*block_tables*/,
     const std::vector<int64_t>& /*cu_seqlens_q*/, const std::vector<int64_t>& /*cache_seqlens*/,
     const paddle::optional<std::vector<int64_t>>& /*rotary_cos*/,
-    const paddle::optional<std::vector<int64_t>>& /*rotary_sin*/) {
+    const paddle::optional<std::vector<int64_t>>& /*rotary_sin*/,
+    const paddle::optional<std::vector<int64_t>>& /*plan*/) {
   const int64_t rows = qkv.empty() ? -1 : qkv[0];
   const int64_t d = key_cache.size() == 4 ? key_cache[3] : -1;
   return {{rows, pb::infer_num_q_heads(qkv, key_cache, value_cache), d}};
@@ -60,7 +68,8 @@ std::vector<paddle::DataType> RopeWriteCacheInferDtype(
     const paddle::DataType& /*value_cache*/, const paddle::DataType& /*block_tables*/,
     const paddle::DataType& /*cu_seqlens_q*/, const paddle::DataType& /*cache_seqlens*/,
     const paddle::optional<paddle::DataType>& /*rotary_cos*/,
-    const paddle::optional<paddle::DataType>& /*rotary_sin*/) {
+    const paddle::optional<paddle::DataType>& /*rotary_sin*/,
+    const paddle::optional<paddle::DataType>& /*plan*/) {
   return {qkv};
 }
 
@@ -68,7 +77,7 @@ std::vector<paddle::DataType> RopeWriteCacheInferDtype(
 
 PD_BUILD_OP(rope_write_cache)
     .Inputs({"qkv", "key_cache", "value_cache", "block_tables", "cu_seqlens_q", "cache_seqlens",
-             paddle::Optional("rotary_cos"), paddle::Optional("rotary_sin")})
+             paddle::Optional("rotary_cos"), paddle::Optional("rotary_sin"), paddle::Optional("plan")})
     .Outputs({"q", "key_cache_out", "value_cache_out"})
     .SetInplaceMap({{"key_cache", "key_cache_out"}, {"value_cache", "value_cache_out"}})
     .Attrs({"rotary_dim: int", "neox_style: bool"})

@@ -1,5 +1,6 @@
 // Plain C entry points of the op library, called through ctypes by paddle_gqa/_load.py: how it was
-// built, and the check for device-side input errors recorded during CUDA graph capture.
+// built, and the check for device-side input errors recorded during CUDA graph capture or by ops
+// given a plan.
 #include <cstring>
 #include <exception>
 
@@ -28,7 +29,7 @@ __attribute__((visibility("default"))) int paddle_gqa_built_with_cuda() {
 }
 
 // Raises (as a return code plus message) the first input error the CUDA kernels recorded on
-// `device_id` while a graph was being captured, and clears it. 0: none; 1: invalid argument
+// `device_id` while a graph was being captured or in an op given a plan, and clears it. 0: none; 1: invalid argument
 // (message filled); 2: CUDA runtime failure (message filled). Always 0 without CUDA.
 __attribute__((visibility("default"))) int paddle_gqa_check_errors(int device_id, char* message,
                                                                    int capacity) {

@@ -1,5 +1,9 @@
 """Custom-op attention backend: one `paddle_gqa.ops.append_attention` call per layer and step (RoPE,
-paged cache write and attention fused; the CPU and CUDA kernels of the package's extension)."""
+paged cache write and attention fused; the CPU and CUDA kernels of the package's extension).
+
+The step's plan (`paddle_gqa.ops.plan`: the check of the step's device data, on GPU the step's one
+read-back) is made by the first layer of each cache group and mask (window, causal, RoPE table
+length) and kept in the step metadata; every layer passes it, so no layer call synchronizes."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -16,15 +20,25 @@ class CustomOpRunner(AttentionRunner):
         from .. import ops  # the compiled extension; imported when a layer is built, not at package import
 
         self._append_attention = ops.append_attention
+        self._plan = ops.plan
 
     def forward(self, qkv, key_cache, value_cache, meta: StepMetadata, group: int, sinks=None):
         self.check_inputs(qkv, key_cache, value_cache, sinks)
         s = self.spec
+        # The plan's words (plan.h) depend on the rows, the group's block tables and cache shape, the
+        # mask and whether positions are checked against RoPE tables (and how many rows they have).
+        max_position = 0 if self.rotary_cos is None else int(self.rotary_cos.shape[0])
+        key = ("custom_op_plan", group, int(qkv.shape[0]), int(key_cache.shape[0]), s.sliding_window, s.causal,
+               max_position)
+        plan = meta.memo(key, lambda: self._plan(
+            qkv, key_cache, value_cache, meta.block_tables[group], meta.cu_seqlens_q, meta.cache_seqlens,
+            self.rotary_cos, self.rotary_sin, rotary_dim=self.rotary_dim, sliding_window=s.sliding_window,
+            causal=s.causal))
         return self._append_attention(
             qkv, key_cache, value_cache, meta.block_tables[group], meta.cu_seqlens_q, meta.cache_seqlens,
             self.rotary_cos, self.rotary_sin, sinks,
             rotary_dim=self.rotary_dim, neox_style=self.neox_style, sliding_window=s.sliding_window,
-            causal=s.causal, softmax_scale=s.softmax_scale)
+            causal=s.causal, softmax_scale=s.softmax_scale, plan=plan)
 
 
 class CustomOpBackend(AttentionBackend):

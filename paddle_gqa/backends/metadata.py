@@ -9,7 +9,10 @@ commits them after the forward pass:
 
 Everything here is computed on the host from the scheduler's own numbers and uploaded once, so no
 layer ever reads device data back. Host copies stay in the metadata for backends that need them
-(the reference backend plans its gathers from them).
+(the reference backend plans its gathers from them). Backends keep their per-step derived data in
+`memo`, built by the first layer that needs it: the custom-op backend keeps there the step's
+`paddle_gqa.ops.plan` per cache group and mask, the step's one device check (and on GPU its one
+read-back), which every layer's op call then takes.
 """
 from __future__ import annotations
 
@@ -79,7 +82,8 @@ class StepMetadata:
                    block_tables=tuple(upload(t) for t in tables), place=place)
 
     def memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        """`build()` once per step per key (e.g. a backend's plan for one cache group)."""
+        """`build()` once per step per key (e.g. a backend's plan for one cache group and mask); the
+        key names the backend first so backends never share an entry."""
         if key not in self._memo:
             self._memo[key] = build()
         return self._memo[key]

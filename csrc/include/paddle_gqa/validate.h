@@ -23,4 +23,16 @@ ProblemShape validate_append_attention(Backend backend, const TensorView& qkv, c
                                        const RopeInputs& rope, const MaskInputs& mask,
                                        const TensorView& out);
 
+// The `plan` op (plan.h): q_or_qkv is qkv [rows, Hq*D + Hkv*D + Hkv*Dv] (rank 2) or q [rows, Hq, D]
+// (rank 3); rope as for the ops (tables optional); mask without sinks (its window and causal are
+// the plan's). plan_out int32 [kPlanWords] (may be undefined when the caller allocates after).
+ProblemShape validate_plan(Backend backend, const TensorView& q_or_qkv, const StepInputs& step,
+                           const RopeInputs& rope, const MaskInputs& mask, const TensorView& plan_out);
+
+// The optional `plan` input of an op: int32 [kPlanWords], contiguous, on the device of `anchor` (the
+// op's qkv or q, named `anchor_name`). Does nothing when `plan` is undefined. Reads no data: the
+// CPU ops compare the words with the call (cpu::check_plan).
+void validate_plan_input(Backend backend, const TensorView& plan, const TensorView& anchor,
+                         const char* anchor_name);
+
 }  // namespace paddle_gqa

@@ -12,6 +12,7 @@
 #include "merge_kernel.cuh"
 #include "paddle_gqa/errors.h"
 #include "planner.cuh"
+#include "tile_size.h"
 
 namespace paddle_gqa::cuda {
 
@@ -114,7 +115,9 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.sinks = shape.has_sinks ? in.sinks : nullptr;
   p.out = in.out;
   p.error = in.error;
-  p.tile_start = reinterpret_cast<int32_t*>(ws + plan.tile_start_offset);
+  p.prefill_tile_start = reinterpret_cast<int32_t*>(ws + plan.prefill_tile_start_offset);
+  p.decode_tile_start = reinterpret_cast<int32_t*>(ws + plan.decode_tile_start_offset);
+  p.tile_start = nullptr;  // set per launch
   p.partial_o = plan.max_splits > 1 ? reinterpret_cast<float*>(ws + plan.partial_o_offset) : nullptr;
   p.partial_lse = plan.max_splits > 1 ? reinterpret_cast<float*>(ws + plan.partial_lse_offset) : nullptr;
   p.rows = shape.rows;
@@ -126,8 +129,8 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.sliding_window = shape.sliding_window;
   p.causal = shape.causal;
   p.scale_log2 = shape.softmax_scale * float(M_LOG2E);
-  p.block_m = plan.block_m;
-  p.block_n = plan.block_n;
+  p.prefill_block_m = plan.prefill_block_m;
+  p.block_n = attn::kPrefillBlockN;
   p.max_splits = plan.max_splits;
 
   attn::launch_tile_planner(p, stream);

@@ -294,9 +294,10 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
 }
 
 template <typename T, int D, int DV, int GROUP, class Cfg>
-void launch_config(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream) {
+void launch_config(const AttentionParams& p, int64_t grid_tiles, cudaStream_t stream) {
   constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
   static_assert(smem <= 227 * 1024, "attention tile exceeds Hopper's 227 KB of shared memory per block");
+  if (grid_tiles <= 0) return;
   auto kernel = paged_attention_kernel<T, D, DV, GROUP, Cfg>;
   // The attribute is per device; set it on a device's first launch (a host call, capture-safe).
   static std::atomic<bool> smem_raised[kMaxDevices];
@@ -306,19 +307,20 @@ void launch_config(const AttentionParams& p, const LaunchPlan& plan, cudaStream_
     PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (device < kMaxDevices) smem_raised[device].store(true, std::memory_order_release);
   }
-  const dim3 grid(unsigned(plan.grid_tiles), unsigned(plan.max_splits), unsigned(p.num_kv_heads));
+  const dim3 grid(unsigned(grid_tiles), unsigned(p.max_splits), unsigned(p.num_kv_heads));
   kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
   PGQA_CUDA_CHECK_LAUNCH("paged_attention_kernel");
 }
 
-// Runs the attention kernel of the plan's config; the planner ran before and the merge runs after.
+// Runs both configs, each over its own tile map; the planner ran before and the merge runs after.
 template <typename T, int D, int DV, int GROUP>
 void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream) {
-  if (plan.decode) {
-    launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(p, plan, stream);
-  } else {
-    launch_config<T, D, DV, GROUP, PrefillConfig<D, DV>>(p, plan, stream);
-  }
+  AttentionParams decode = p;
+  decode.tile_start = p.decode_tile_start;
+  launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(decode, plan.decode_grid_tiles, stream);
+  AttentionParams prefill = p;
+  prefill.tile_start = p.prefill_tile_start;
+  launch_config<T, D, DV, GROUP, PrefillConfig<D, DV>>(prefill, plan.prefill_grid_tiles, stream);
 }
 
 }  // namespace paddle_gqa::cuda::attn

@@ -22,7 +22,9 @@ struct AttentionParams {
   void* out;                    // [rows][Hq*Dv], dtype T
   const StepError* error;       // device record; every kernel returns at once when error->code != 0
 
-  int32_t* tile_start;          // workspace [B+1]: first q tile of each slot (planner output)
+  int32_t* tile_start;          // workspace [B+1]: first tile of each slot in this launch's map
+  int32_t* prefill_tile_start;  // workspace [B+1]: the prefill map (planner output)
+  int32_t* decode_tile_start;   // workspace [B+1]: the decode map (planner output)
   float* partial_o;             // workspace [max_splits][rows*Hq][Dv]: per-split O / l (split runs only)
   float* partial_lse;           // workspace [max_splits][rows*Hq]: per-split log2-sum-exp2 of scores
 
@@ -35,8 +37,8 @@ struct AttentionParams {
   int sliding_window;           // W > 0: keys p - W < j <= p; 0 = none
   bool causal;
   float scale_log2;             // softmax_scale * log2(e): scores are kept in the exp2 domain
-  int block_m;                  // q rows per tile of the chosen config (the planner's tile unit)
-  int block_n;                  // keys per KV tile of the chosen config
+  int prefill_block_m;          // q rows per prefill tile (the planner's tile unit for prefill slots)
+  int block_n;                  // keys per KV tile (both configs)
   int max_splits;               // KV splits per tile (gridDim.y); 1 = every tile writes out directly
 };
 

@@ -18,12 +18,12 @@ size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 constexpr int kSmemPerSm = 228 * 1024;
 constexpr int kSmemReservedPerCta = 1024;
 
-// CTAs of the plan's config resident on one SM: bounded by shared memory, and by registers
-// (prefill kernels use up to 255 per thread; decode kernels about 128 for Dv <= 128).
-int resident_ctas_per_sm(const LaunchPlan& plan, const ProblemShape& shape) {
+// CTAs of one config resident on one SM: bounded by shared memory, and by registers (prefill
+// kernels use up to 255 per thread; decode kernels about 128 for Dv <= 128).
+int resident_ctas_per_sm(bool decode, const ProblemShape& shape) {
   const int d = shape.head_dim, dv = shape.v_head_dim;
   int smem, threads, regs;
-  if (plan.decode) {
+  if (decode) {
     smem = smem_bytes(kDecodeBlockM, kDecodeBlockN, kDecodeWarpsN, decode_stages(d, dv), d, dv);
     threads = 32 * kDecodeWarpsN;
     regs = dv <= 128 ? 128 : 256;
@@ -56,8 +56,10 @@ int choose_max_splits(int64_t ctas, int64_t resident) {
 
 constexpr int kPlannerThreads = 1024;
 
-__global__ void __launch_bounds__(kPlannerThreads) tile_planner_kernel(const AttentionParams p) {
-  if (p.error->code != 0) return;
+// Exclusive prefix sums of count(b) over the B slots into out[0..B] (out[B] = total), by one
+// CTA of kPlannerThreads threads in chunks of kPlannerThreads slots.
+template <class Count>
+__device__ void block_prefix_sums(int batch, Count count_of, int32_t* out) {
   __shared__ int64_t warp_sums[kPlannerThreads / 32];
   __shared__ int64_t carry;
   const int tid = threadIdx.x;
@@ -65,13 +67,9 @@ __global__ void __launch_bounds__(kPlannerThreads) tile_planner_kernel(const Att
   const int warp = tid >> 5;
   if (tid == 0) carry = 0;
   __syncthreads();
-  for (int base = 0; base < p.batch; base += kPlannerThreads) {
+  for (int base = 0; base < batch; base += kPlannerThreads) {
     const int b = base + tid;
-    int64_t count = 0;
-    if (b < p.batch) {
-      const int64_t rows = int64_t(p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b]) * p.group;
-      count = rows > 0 ? (rows + p.block_m - 1) / p.block_m : 0;
-    }
+    const int64_t count = b < batch ? count_of(b) : 0;
     int64_t incl = count;  // inclusive scan within the warp
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
@@ -81,7 +79,7 @@ __global__ void __launch_bounds__(kPlannerThreads) tile_planner_kernel(const Att
     if (lane == 31) warp_sums[warp] = incl;
     __syncthreads();
     if (warp == 0) {
-      int64_t w = warp_sums[lane];
+      const int64_t w = warp_sums[lane];
       int64_t winc = w;
 #pragma unroll
       for (int off = 1; off < 32; off <<= 1) {
@@ -92,12 +90,27 @@ __global__ void __launch_bounds__(kPlannerThreads) tile_planner_kernel(const Att
     }
     __syncthreads();
     const int64_t excl = carry + warp_sums[warp] + incl - count;
-    if (b < p.batch) p.tile_start[b] = int32_t(excl);
+    if (b < batch) out[b] = int32_t(excl);
     __syncthreads();
     if (tid == kPlannerThreads - 1) carry = excl + count;
     __syncthreads();
   }
-  if (tid == 0) p.tile_start[p.batch] = int32_t(carry);
+  if (tid == 0) out[batch] = int32_t(carry);
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kPlannerThreads) tile_planner_kernel(const AttentionParams p) {
+  if (p.error->code != 0) return;
+  const int* cu = p.cu_seqlens_q;
+  const int g = p.group;
+  const int bm = p.prefill_block_m;
+  block_prefix_sums(p.batch, [=](int b) -> int64_t {
+    const int64_t n = cu[b + 1] - cu[b];
+    return n > 0 && !is_decode_slot(n, g) ? (n * g + bm - 1) / bm : 0;
+  }, p.prefill_tile_start);
+  block_prefix_sums(p.batch, [=](int b) -> int64_t {
+    return is_decode_slot(cu[b + 1] - cu[b], g) ? 1 : 0;
+  }, p.decode_tile_start);
 }
 
 }  // namespace
@@ -107,19 +120,25 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   const int64_t rows = shape.rows;
   const int64_t batch = shape.batch;
   const int64_t g = shape.group;
-  // Few packed rows per slot: a 16-row tile holds a whole slot, warps split the keys instead.
-  plan.decode = rows * g <= batch * kDecodeBlockM;
-  plan.block_m = plan.decode ? kDecodeBlockM : prefill_block_m(shape.v_head_dim);
-  plan.block_n = plan.decode ? kDecodeBlockN : kPrefillBlockN;
-  const int64_t packed_tiles = (rows * g + plan.block_m - 1) / plan.block_m;
-  plan.grid_tiles = packed_tiles + batch;
-  // Tiles never cross slots, so at least min(rows, B) tiles exist when every row is a token.
-  const int64_t tiles_est = std::max(packed_tiles, std::min(rows, batch));
+  plan.prefill_block_m = prefill_block_m(shape.v_head_dim);
+  // A decode slot holds at least one row; a prefill slot more than kDecodeBlockM / G rows.
+  const int64_t max_decode_slots = std::min(rows, batch);
+  const int64_t max_prefill_slots = std::min(batch, rows * g / (kDecodeBlockM + 1));
+  plan.decode_grid_tiles = max_decode_slots;
+  plan.prefill_grid_tiles = (rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m + max_prefill_slots;
+  // Splits from the dominant kind of the batch: rows that fit a decode tile per slot on average
+  // mean decode slots. At least min(rows, B) tiles exist when every row is a token.
+  const bool decode_like = rows * g <= batch * kDecodeBlockM;
+  const int64_t tiles_est = decode_like ? max_decode_slots
+                                        : std::max((rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m,
+                                                   max_prefill_slots);
   const int64_t ctas = std::max<int64_t>(1, tiles_est * shape.num_kv_heads);
-  plan.max_splits = choose_max_splits(ctas, int64_t(std::max(1, num_sms)) * resident_ctas_per_sm(plan, shape));
+  plan.max_splits = choose_max_splits(ctas, int64_t(std::max(1, num_sms)) * resident_ctas_per_sm(decode_like, shape));
 
   size_t off = 0;
-  plan.tile_start_offset = off;
+  plan.prefill_tile_start_offset = off;
+  off = align_up(off + sizeof(int32_t) * size_t(batch + 1));
+  plan.decode_tile_start_offset = off;
   off = align_up(off + sizeof(int32_t) * size_t(batch + 1));
   if (plan.max_splits > 1) {
     const size_t heads = size_t(rows) * size_t(shape.num_q_heads);

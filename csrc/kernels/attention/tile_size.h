@@ -51,6 +51,11 @@ constexpr int decode_stages(int d, int dv) { return d + dv <= 256 ? 3 : 2; }
 template <int D, int DV>
 using DecodeConfig = TileConfig<kDecodeBlockM, kDecodeBlockN, 1, kDecodeWarpsN, 1, decode_stages(D, DV)>;
 
+static_assert(kDecodeBlockN == kPrefillBlockN, "the split rule and the merge assume one KV tile size");
+
+// Whether slot b (n_new packed rows per head group) runs under DecodeConfig: its rows fit one tile.
+PGQA_HD bool is_decode_slot(int64_t n_new, int group) { return n_new > 0 && n_new * group <= kDecodeBlockM; }
+
 // Padding (elements) after each shared-memory row of Q, K and V: rows of D+8 b16 elements shift
 // consecutive rows by 4 banks, so ldmatrix and 16-byte cp.async stores are conflict-free.
 inline constexpr int kSmemPad = 8;
