@@ -9,7 +9,7 @@ import os
 import threading
 
 LIBRARY_NAME = "_paddle_ops.so"
-OP_NAMES = ("append_attention", "rope_write_cache", "paged_attention")
+OP_NAMES = ("append_attention", "rope_write_cache", "paged_attention", "plan")
 
 _lock = threading.Lock()
 

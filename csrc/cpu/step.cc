@@ -4,28 +4,15 @@
 #include <cstring>
 
 #include "paddle_gqa/errors.h"
-#include "paddle_gqa/step_rules.h"
+#include "paddle_gqa/step_data.h"
 
 namespace paddle_gqa {
 namespace cpu {
 
 int64_t check_step(const ProblemShape& shape, const StepInputs& step, bool checks_reads) {
-  StepData d;
-  d.block_tables = step.block_tables.ptr<const int32_t>();
-  d.cu_seqlens_q = step.cu_seqlens_q.ptr<const int32_t>();
-  d.cache_seqlens = step.cache_seqlens.ptr<const int32_t>();
-  d.batch = shape.batch;
-  d.rows = shape.rows;
-  d.max_blocks_per_seq = shape.max_blocks_per_seq;
-  d.num_blocks = shape.num_blocks;
-  d.block_size = shape.block_size;
-  d.max_position = shape.max_position;
-  d.causal = shape.causal;
-  d.sliding_window = shape.sliding_window;
-  d.checks_reads = checks_reads;
-  // check_slot checks cu_seqlens_q[0] with slot 0; a step of zero slots has only that entry.
-  if (shape.batch == 0 && d.cu_seqlens_q[0] != 0)
-    throw InvalidArgument(describe(make_step_error(StepErrorCode::kCuSeqlensStart, 0, 0, d.cu_seqlens_q[0], 0)));
+  const StepData d = make_step_data(shape, step, checks_reads, /*checks_positions=*/true);
+  const StepError empty = check_empty_step(d);
+  if (empty.code != int32_t(StepErrorCode::kOk)) throw InvalidArgument(describe(empty));
   for (int64_t b = 0; b < shape.batch; ++b) {
     const StepError e = check_slot(d, b);
     if (e.code != int32_t(StepErrorCode::kOk)) throw InvalidArgument(describe(e));

@@ -9,31 +9,13 @@
 #include "cuda_check.h"
 #include "paddle_gqa/errors.h"
 #include "paddle_gqa/plan.h"
-#include "paddle_gqa/step_rules.h"
+#include "paddle_gqa/step_data.h"
 #include "rope_write_cache.cuh"
 #include "step_check.cuh"
 #include "workspace.h"
 
 namespace paddle_gqa::cuda {
 namespace {
-
-// The CUDA path stores every dtype-T tensor densely; validation has already required contiguity.
-StepData make_step_data(const ProblemShape& shape, const StepInputs& step, bool checks_reads, bool rope) {
-  StepData d;
-  d.block_tables = step.block_tables.ptr<const int32_t>();
-  d.cu_seqlens_q = step.cu_seqlens_q.ptr<const int32_t>();
-  d.cache_seqlens = step.cache_seqlens.ptr<const int32_t>();
-  d.batch = shape.batch;
-  d.rows = shape.rows;
-  d.max_blocks_per_seq = shape.max_blocks_per_seq;
-  d.num_blocks = shape.num_blocks;
-  d.block_size = shape.block_size;
-  d.max_position = rope ? shape.max_position : 0;
-  d.causal = shape.causal;
-  d.sliding_window = shape.sliding_window;
-  d.checks_reads = checks_reads;
-  return d;
-}
 
 RopeWriteParams make_rope_params(const ProblemShape& shape, const TensorView& qkv, const StepInputs& step,
                                  const RopeInputs& rope, void* q_out, const StepError* error) {
@@ -158,7 +140,7 @@ void rope_write_cache(const ProblemShape& shape, const TensorView& qkv, const St
   require_output(q_out, "q_out");
   DeviceGuard guard(qkv.device_id);
   const CallContext c = begin_call(qkv, stream, defer_errors);
-  launch_step_check(make_step_data(shape, step, /*checks_reads=*/false, /*rope=*/true), c.state, c.defer,
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/false, /*checks_positions=*/true), c.state, c.defer,
                     c.stream);
   launch_rope_write_cache(make_rope_params(shape, qkv, step, rope, q_out.data, &c.state->current), c.stream);
   end_call(c);
@@ -167,12 +149,13 @@ void rope_write_cache(const ProblemShape& shape, const TensorView& qkv, const St
 void paged_attention(const ProblemShape& shape, const TensorView& q, const StepInputs& step,
                      const MaskInputs& mask, const TensorView& out, void* stream, bool defer_errors) {
   require_output(out, "out");
+  require_attention_kernel(shape);
   DeviceGuard guard(q.device_id);
   const CallContext c = begin_call(q, stream, defer_errors);
   const int sms = num_sms(c.device);
   const size_t attn_bytes = attention_workspace_bytes(shape, sms);
   void* ws = workspace(c.device, attn_bytes, c.capturing);
-  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/false), c.state, c.defer,
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*checks_positions=*/false), c.state, c.defer,
                     c.stream);
   const int64_t d = shape.head_dim;
   const AttentionInputs in = make_attention_inputs(shape, q.data, int64_t(shape.num_q_heads) * d, d, step, mask,
@@ -185,6 +168,7 @@ void append_attention(const ProblemShape& shape, const TensorView& qkv, const St
                       const RopeInputs& rope, const MaskInputs& mask, const TensorView& out, void* stream,
                       bool defer_errors) {
   require_output(out, "out");
+  require_attention_kernel(shape);
   DeviceGuard guard(qkv.device_id);
   const CallContext c = begin_call(qkv, stream, defer_errors);
   const int sms = num_sms(c.device);
@@ -193,7 +177,7 @@ void append_attention(const ProblemShape& shape, const TensorView& qkv, const St
   const size_t q_bytes = align_up(size_t(shape.rows) * size_t(q_row) * size_t(dtype_bytes(shape.dtype)));
   const size_t attn_bytes = attention_workspace_bytes(shape, sms);
   char* ws = static_cast<char*>(workspace(c.device, q_bytes + attn_bytes, c.capturing));
-  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/true), c.state, c.defer,
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*checks_positions=*/true), c.state, c.defer,
                     c.stream);
   launch_rope_write_cache(make_rope_params(shape, qkv, step, rope, ws, &c.state->current), c.stream);
   const AttentionInputs in = make_attention_inputs(shape, ws, q_row, shape.head_dim, step, mask, out,
@@ -207,7 +191,7 @@ void plan_step(const ProblemShape& shape, const StepInputs& step, const TensorVi
   DeviceGuard guard(plan_out.device_id);
   const CallContext c = begin_call(plan_out, stream, /*defer_errors=*/false);
   // Reads and positions: the widest check any op of the step runs (rope_write_cache checks less).
-  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*rope=*/true), c.state, c.defer,
+  launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*checks_positions=*/true), c.state, c.defer,
                     c.stream);
   write_plan_kernel<<<1, 32, 0, c.stream>>>(make_plan_words(shape), plan_out.ptr<int32_t>(), &c.state->current);
   PGQA_CUDA_CHECK_LAUNCH("write_plan_kernel");

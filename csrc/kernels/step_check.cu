@@ -59,7 +59,7 @@ step_check_kernel(StepData s, StepErrorState* state, bool keep_sticky) {
   if (!is_last || threadIdx.x != 0) return;
   __threadfence();
   const int32_t first = atomicAdd(&state->first_bad_slot, 0);
-  const StepError e = first == kNoBadSlot ? StepError{} : check_slot(s, first);
+  const StepError e = first == kNoBadSlot ? check_empty_step(s) : check_slot(s, first);
   state->current = e;
   if (keep_sticky && e.code != 0 && state->sticky.code == 0) state->sticky = e;
   state->first_bad_slot = kNoBadSlot;

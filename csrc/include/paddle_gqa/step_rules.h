@@ -93,6 +93,13 @@ PGQA_HD StepError check_slot(const StepData& s, int64_t b) {
   return StepError{};
 }
 
+// A step of zero slots has no slot for check_slot to run on, but cu_seqlens_q[0] must still be 0.
+PGQA_HD StepError check_empty_step(const StepData& s) {
+  if (s.batch == 0 && s.cu_seqlens_q[0] != 0)
+    return make_step_error(StepErrorCode::kCuSeqlensStart, 0, 0, s.cu_seqlens_q[0], 0);
+  return StepError{};
+}
+
 // "block_tables[2][5] = -1 is not a valid block id for a block this step reads or writes
 //  (expected 0 <= id < 512)". Defined in csrc/common/step_error.cc.
 std::string describe(const StepError& e);

@@ -24,6 +24,10 @@ struct AttentionInputs {
 // map, split partials, LSE). Host-only arithmetic on the shape (no device data).
 size_t attention_workspace_bytes(const ProblemShape& shape, int num_sms);
 
+// Throws InvalidArgument naming the dtype and head dims when this build has no attention kernel
+// for the shape; the launchers call it before anything is written.
+void require_attention_kernel(const ProblemShape& shape);
+
 // Plans (on the device: tile map, per-slot split counts) and runs the attention; no host sync, no
 // allocation; graph-capturable. q strides must be multiples of 8 elements, all pointers 16-byte
 // aligned, workspace at least attention_workspace_bytes(shape, num_sms) bytes, 256-byte aligned.

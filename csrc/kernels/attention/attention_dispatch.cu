@@ -76,6 +76,8 @@ int log2_exact(int x) {
 
 }  // namespace
 
+void require_attention_kernel(const ProblemShape& shape) { find_launcher(shape); }
+
 size_t attention_workspace_bytes(const ProblemShape& shape, int num_sms) {
   return attn::make_launch_plan(shape, num_sms).workspace_bytes;
 }
