@@ -627,6 +627,14 @@ def _merged_heads(name):
     return lambda r, c, t: r.tensor(getattr(c, name).reshape(c.num_blocks, -1, getattr(c, name).shape[3]), c.dtype)
 
 
+def _zero_slots_starting_at(start):
+    """A step of B = 0 slots whose only cu_seqlens_q entry is `start` (must be 0)."""
+    def mutate(r, c, t, a):
+        t.update(block_tables=r.int32(c.block_tables[:0]), cu_seqlens_q=r.int32(np.array([start])),
+                 cache_seqlens=r.int32(np.zeros(0, np.int64)))
+    return mutate
+
+
 def _short_rope_tables(r, c, t, a):
     # RoPE tables of 40 rows: slot 2 writes position 40.
     t.update(rotary_cos=r.fp32(c.rotary_cos[:40]), rotary_sin=r.fp32(c.rotary_sin[:40]))
@@ -720,6 +728,8 @@ BAD_INPUTS = [
     # device-resident data (layout [(20, 3), (0, 5), (40, 1)]: cu_seqlens_q = [0, 3, 8, 9])
     BadInput("cu_seqlens_q_start", "ARP", r"\bcu_seqlens_q\b",
              _ints("cu_seqlens_q", lambda x, c: _with(x, 0, 1)), device_data=True),
+    BadInput("cu_seqlens_q_start_zero_slots", "ARP", r"\bcu_seqlens_q\b", _zero_slots_starting_at(1),
+             device_data=True),
     BadInput("cu_seqlens_q_decreasing", "ARP", r"\bcu_seqlens_q\b",
              _ints("cu_seqlens_q", lambda x, c: np.array([0, 6, 4, 9])),
              device_data=True),
