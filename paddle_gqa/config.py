@@ -35,6 +35,9 @@ class ModelConfig:
     max_position_embeddings: int
     vocab_size: int
     intermediate_size: int
+    # What the q/k norm adds to its stored weight: Gemma3 checkpoints store scale - 1 (its RMSNorm
+    # multiplies by 1 + weight), Qwen3 the scale itself. Pass to layers.Attention(qk_norm_offset=...).
+    qk_norm_offset: float = 0.0
 
     @property
     def layer_types(self) -> Tuple[str, ...]:
@@ -96,6 +99,7 @@ class _Family:
     qkv_bias: Callable[[Mapping], bool]
     o_bias: Callable[[Mapping], bool]
     qk_norm: bool = False
+    qk_norm_offset: float = 0.0
     default_pattern: Optional[Callable[[Mapping, int], List[str]]] = None   # None: all full
     sinks: Callable[[Mapping, str], bool] = lambda d, kind: False
     softmax_scale: Callable[[Mapping], float] = lambda d: 0.0
@@ -201,7 +205,7 @@ FAMILIES: Dict[str, _Family] = {
         defaults=dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                       num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=131072,
                       rms_norm_eps=1e-6, sliding_window=4096),
-        qkv_bias=_attention_bias(False), o_bias=_attention_bias(False), qk_norm=True,
+        qkv_bias=_attention_bias(False), o_bias=_attention_bias(False), qk_norm=True, qk_norm_offset=1.0,
         default_pattern=lambda d, n: _every(_int(d, "sliding_window_pattern", 6))(d, n),
         softmax_scale=_gemma_softmax_scale, default_theta={FULL: 1e6, SLIDING: 1e4},
         theta_fields={FULL: "rope_theta", SLIDING: "rope_local_base_freq"}, legacy_scaling_on_sliding=False),
@@ -498,4 +502,5 @@ def load_model_config(cfg) -> ModelConfig:
         max_position_embeddings=max_position,
         vocab_size=_int(d, "vocab_size"),
         intermediate_size=_int(d, "intermediate_size"),
+        qk_norm_offset=family.qk_norm_offset,
     )

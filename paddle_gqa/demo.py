@@ -142,6 +142,7 @@ def build_model(config, weights: Dict[str, np.ndarray], *, backend: str, dtype: 
                     tables = rope_tables[spec.rope]
                 layer = Attention(spec, hidden, layer_idx=i, backend=backend, attention_bias=config.attention_bias,
                                   o_proj_bias=config.o_proj_bias, qk_norm=config.qk_norm,
+                                  qk_norm_offset=config.qk_norm_offset,
                                   rms_norm_eps=config.rms_norm_eps, dtype=attn_dtype, rotary_tables=tables,
                                   block_size=block_size)
                 prefix = f"layers.{i}.self_attn."

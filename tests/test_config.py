@@ -355,3 +355,12 @@ def test_transformers_mimo_variants():
                                            max_position_embeddings=8192)
     assert config.sliding_window == 65
     _check_against_transformers(config)
+
+
+def test_qk_norm_offset_follows_the_checkpoint_convention():
+    # Gemma3 stores its q/k norm scale minus one (HF Gemma3RMSNorm multiplies by 1 + weight); Qwen3
+    # stores the scale itself; families without a q/k norm carry no offset.
+    assert load_model_config(CONFIGS / "gemma3_4b_it.json").qk_norm_offset == 1.0
+    qwen3 = load_model_config(CONFIGS / "qwen3_8b.json")
+    assert qwen3.qk_norm and qwen3.qk_norm_offset == 0.0
+    assert load_model_config(CONFIGS / "llama3_1_8b.json").qk_norm_offset == 0.0
