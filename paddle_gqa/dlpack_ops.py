@@ -86,15 +86,36 @@ def _stream(out, stream):
     return current_stream(out) if stream is None else int(stream)
 
 
+def _borrow_all(out, launch_stream, tensors):
+    """The tensors as the module should receive them. When `out` is a torch CUDA tensor and the
+    launch goes on torch's current stream (the stream every torch input is already ordered on), torch
+    tensors are handed over as capsules from torch.utils.dlpack.to_dlpack, a C++ call: the
+    `__dlpack__(stream=...)` handshake instead costs ~20 µs of Python per tensor, about 85% of the
+    host time of a call (scripts/host_overhead.py, BENCHMARKS.md). Anything else passes as is."""
+    if type(out).__module__.split(".")[0] != "torch" or out.device.type != "cuda":
+        return tensors
+    if launch_stream != current_stream(out):
+        return tensors
+    from torch.utils.dlpack import to_dlpack
+
+    def borrow(t):
+        if type(t).__module__.split(".")[0] == "torch" and t.device.type == "cuda":
+            return to_dlpack(t)
+        return t
+    return [None if t is None else borrow(t) for t in tensors]
+
+
 def append_attention(out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
                      rotary_cos=None, rotary_sin=None, sinks=None, *, rotary_dim=0, neox_style=True,
                      sliding_window=0, causal=True, softmax_scale=0.0, stream=None, plan=None):
     """RoPE + cache write + attention into out [rows, Hq*Dv]; returns out. With `plan` (from `plan`)
     the call does not synchronize; invalid step data is then raised by `check_errors`."""
-    cuda_module().append_attention(out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
-                                   rotary_cos, rotary_sin, sinks, rotary_dim=rotary_dim, neox_style=neox_style,
+    launch_stream = _stream(out, stream)
+    *args, plan = _borrow_all(out, launch_stream, [out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
+                                            cache_seqlens, rotary_cos, rotary_sin, sinks, plan])
+    cuda_module().append_attention(*args, rotary_dim=rotary_dim, neox_style=neox_style,
                                    sliding_window=sliding_window, causal=causal, softmax_scale=softmax_scale,
-                                   stream=_stream(out, stream), plan=plan)
+                                   stream=launch_stream, plan=plan)
     return out
 
 
@@ -103,9 +124,11 @@ def rope_write_cache(q_out, qkv, key_cache, value_cache, block_tables, cu_seqlen
                      plan=None):
     """RoPE + cache write; rotated queries into q_out [rows, Hq, D]; returns q_out. `plan` as for
     append_attention."""
-    cuda_module().rope_write_cache(q_out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
-                                   rotary_cos, rotary_sin, rotary_dim=rotary_dim, neox_style=neox_style,
-                                   stream=_stream(q_out, stream), plan=plan)
+    launch_stream = _stream(q_out, stream)
+    *args, plan = _borrow_all(q_out, launch_stream, [q_out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
+                                              cache_seqlens, rotary_cos, rotary_sin, plan])
+    cuda_module().rope_write_cache(*args, rotary_dim=rotary_dim, neox_style=neox_style, stream=launch_stream,
+                                   plan=plan)
     return q_out
 
 
@@ -113,9 +136,11 @@ def paged_attention(out, q, key_cache, value_cache, block_tables, cu_seqlens_q, 
                     sliding_window=0, causal=True, softmax_scale=0.0, stream=None, plan=None):
     """Attention of q [rows, Hq, D] over the paged cache into out [rows, Hq*Dv]; returns out. `plan`
     as for append_attention."""
-    cuda_module().paged_attention(out, q, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens, sinks,
-                                  sliding_window=sliding_window, causal=causal, softmax_scale=softmax_scale,
-                                  stream=_stream(out, stream), plan=plan)
+    launch_stream = _stream(out, stream)
+    *args, plan = _borrow_all(out, launch_stream, [out, q, key_cache, value_cache, block_tables, cu_seqlens_q,
+                                            cache_seqlens, sinks, plan])
+    cuda_module().paged_attention(*args, sliding_window=sliding_window, causal=causal,
+                                  softmax_scale=softmax_scale, stream=launch_stream, plan=plan)
     return out
 
 
@@ -126,9 +151,11 @@ def plan(plan_out, q_or_qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
     int32 [PLAN_WORDS] on the step's device; returns plan_out. Pass it as `plan=` to every op of the
     step with the same sliding_window / causal (and RoPE tables given or not), so they do not
     synchronize. q_or_qkv: the step's qkv or q [rows, Hq, D]."""
-    cuda_module().plan(plan_out, q_or_qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens,
-                       rotary_cos, rotary_sin, rotary_dim=rotary_dim, sliding_window=sliding_window, causal=causal,
-                       stream=_stream(plan_out, stream))
+    launch_stream = _stream(plan_out, stream)
+    args = _borrow_all(plan_out, launch_stream, [plan_out, q_or_qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
+                                          cache_seqlens, rotary_cos, rotary_sin])
+    cuda_module().plan(*args, rotary_dim=rotary_dim, sliding_window=sliding_window, causal=causal,
+                       stream=launch_stream)
     return plan_out
 
 
