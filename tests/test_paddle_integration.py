@@ -242,13 +242,16 @@ def test_bad_input_under_to_static(cpu_runner, full_graph):
     assert np.array_equal(kb, cpu_runner.bits(t["key_cache"]))
 
 
+def _gpu_paddle_with_cpu_only_library():
+    return (paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+            and not ops.built_with_cuda())
+
+
+@pytest.mark.skipif(not _gpu_paddle_with_cpu_only_library(),
+                    reason="needs a CUDA-enabled Paddle, a GPU and a paddle_gqa built without CUDA (a library "
+                           "built with CUDA runs the op instead: the GPU tests cover that path)")
 def test_gpu_tensor_without_cuda_build_is_refused(cpu_runner):
-    """A GPU tensor reaching a library built without CUDA gets the rebuild hint; where Paddle has
-    CUDA and the library too, the op must run instead (covered by the GPU tests)."""
-    if not paddle.is_compiled_with_cuda() or paddle.device.cuda.device_count() == 0:
-        pytest.skip("needs a CUDA-enabled Paddle and a GPU")
-    if ops.built_with_cuda():
-        pytest.skip("paddle_gqa is built with CUDA: the GPU tests cover this path")
+    """A GPU tensor reaching a library built without CUDA gets the rebuild hint."""
     case = _case("bfloat16")
     gpu = type(cpu_runner)("gpu")
     with pytest.raises(ValueError, match="built without CUDA"):
