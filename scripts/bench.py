@@ -29,7 +29,8 @@ import bench_cases as bc  # noqa: E402
 
 PEER_NAMES = ("SDPA-flash", "SDPA-cuDNN", "flex")
 
-# Where inputs live; a CPU dry run of the harness (with stand-in ops) sets "cpu".
+# Where inputs live. Nothing in the repository sets another value; "cpu" is kept for a dry run of the
+# harness with stand-in ops on a machine without a GPU.
 DEVICE = "cuda"
 
 

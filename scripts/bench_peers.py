@@ -22,7 +22,7 @@ from torch.nn.attention.bias import causal_lower_right
 from bench_cases import Case
 
 
-# Where block masks and attention masks are built; tests of this file on CPU set it to "cpu".
+# Where block masks and attention masks are built; "cuda" unless a dry run sets "cpu" (see bench.DEVICE).
 DEVICE = "cuda"
 
 

@@ -80,6 +80,9 @@ def named_batch(name: str, block_size: int) -> BatchSpec:
 
 
 NAMED_BATCH_NAMES = tuple(s.name for s in named_batches(16))
+# The sliding-window edges: window 1, a non-multiple of the block size, one block, larger than
+# every context; blocks wholly outside every window are -1 (released).
+SWA_EDGE_NAMES = ("swa_window_1", "swa_window_odd", "swa_window_block", "swa_window_huge")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,6 +340,12 @@ def sampled_grid(count: int, seed: int, dtypes: Sequence[str], head_dims=HEAD_DI
     return grid
 
 
+def build_grid_case(params: dict) -> StepCase:
+    """The StepCase of one sampled_grid entry."""
+    kw = dict(params)
+    return build_named(kw.pop("spec"), **kw)
+
+
 def grid_id(params: dict) -> str:
     return (f"{params['spec'].name}-{params['dtype']}-G{params['num_q_heads'] // params['num_kv_heads']}"
             f"-Hkv{params['num_kv_heads']}-{params['head_dim']}x{params['v_head_dim']}"
@@ -403,29 +412,39 @@ def check_cache(case: StepCase, which: str, bits_before: np.ndarray, bits_after:
     assert_close(got, exp, rtol, atol, f"{which} written entries [{case.describe()}]")
 
 
+def cache_bits(runner, t) -> Tuple[np.ndarray, np.ndarray]:
+    """Snapshots of the raw bits of both caches in `t` (key, value), for check_caches."""
+    return runner.bits(t["key_cache"]), runner.bits(t["value_cache"])
+
+
+def check_caches(runner, case: StepCase, t, bits_before, expected_k: np.ndarray, expected_v: np.ndarray,
+                 writes: bool = True):
+    """check_cache on both caches of `t` after an op; bits_before from cache_bits before the op."""
+    for which, before, expected in zip(("key_cache", "value_cache"), bits_before, (expected_k, expected_v)):
+        check_cache(case, which, before, runner.bits(t[which]), runner.values(t[which]), expected, writes)
+
+
 # ---------------------------------------------------------------------------------------------
 # Drivers: run an op through a runner and check everything. A runner (tests/gpu/runners.py)
 # provides load(case) -> dict of tensors, the three ops, values(t) -> float64, bits(t) -> uint.
 
 def run_append_and_check(runner, case: StepCase):
     t = runner.load(case)
-    kb, vb = runner.bits(t["key_cache"]), runner.bits(t["value_cache"])
+    before = cache_bits(runner, t)
     out = runner.append_attention(case, t)
     ref_out, ref_k, ref_v = case.ref_append_attention()
     check_output(case, runner.values(out), ref_out)
-    check_cache(case, "key_cache", kb, runner.bits(t["key_cache"]), runner.values(t["key_cache"]), ref_k)
-    check_cache(case, "value_cache", vb, runner.bits(t["value_cache"]), runner.values(t["value_cache"]), ref_v)
+    check_caches(runner, case, t, before, ref_k, ref_v)
     return out, t
 
 
 def run_rope_write_and_check(runner, case: StepCase):
     t = runner.load(case)
-    kb, vb = runner.bits(t["key_cache"]), runner.bits(t["value_cache"])
+    before = cache_bits(runner, t)
     q = runner.rope_write_cache(case, t)
     ref_q, ref_k, ref_v = case.ref_rope_write_cache()
     check_q(case, runner.values(q), ref_q)
-    check_cache(case, "key_cache", kb, runner.bits(t["key_cache"]), runner.values(t["key_cache"]), ref_k)
-    check_cache(case, "value_cache", vb, runner.bits(t["value_cache"]), runner.values(t["value_cache"]), ref_v)
+    check_caches(runner, case, t, before, ref_k, ref_v)
     return q, t
 
 
@@ -441,15 +460,12 @@ def run_paged_and_check(runner, case: StepCase):
     pcase, q_np = paged_case(case)
     t = runner.load(pcase)
     q = runner.tensor(q_np, case.dtype)
-    kb, vb = runner.bits(t["key_cache"]), runner.bits(t["value_cache"])
+    before = cache_bits(runner, t)
     out = runner.paged_attention(pcase, t, q)
     ref = pcase.ref_paged_attention(q_np, pcase.key_cache, pcase.value_cache)
     check_output(pcase, runner.values(out), ref)
     # paged_attention writes nothing.
-    check_cache(pcase, "key_cache", kb, runner.bits(t["key_cache"]), runner.values(t["key_cache"]),
-                pcase.key_cache, writes=False)
-    check_cache(pcase, "value_cache", vb, runner.bits(t["value_cache"]), runner.values(t["value_cache"]),
-                pcase.value_cache, writes=False)
+    check_caches(runner, pcase, t, before, pcase.key_cache, pcase.value_cache, writes=False)
     return out, t
 
 
@@ -796,5 +812,4 @@ def _check_full_result(runner, case, op, q_np, t, out, kb, vb):
         ref_q, ref_k, ref_v = case.ref_rope_write_cache()
         check_q(case, runner.values(out), ref_q)
         writes = True
-    check_cache(case, "key_cache", kb, runner.bits(t["key_cache"]), runner.values(t["key_cache"]), ref_k, writes)
-    check_cache(case, "value_cache", vb, runner.bits(t["value_cache"]), runner.values(t["value_cache"]), ref_v, writes)
+    check_caches(runner, case, t, (kb, vb), ref_k, ref_v, writes)

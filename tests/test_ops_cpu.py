@@ -12,29 +12,24 @@ PAGED_GRID = cases.sampled_grid(60, seed=3, dtypes=cases.CPU_DTYPES)
 SPLIT_GRID = cases.sampled_grid(24, seed=4, dtypes=cases.CPU_DTYPES)
 
 
-def _build(params):
-    p = dict(params)
-    return cases.build_named(p.pop("spec"), **p)
-
-
 @pytest.mark.parametrize("params", APPEND_GRID, ids=cases.grid_id)
 def test_append_attention(cpu_runner, params):
-    cases.run_append_and_check(cpu_runner, _build(params))
+    cases.run_append_and_check(cpu_runner, cases.build_grid_case(params))
 
 
 @pytest.mark.parametrize("params", ROPE_GRID, ids=cases.grid_id)
 def test_rope_write_cache(cpu_runner, params):
-    cases.run_rope_write_and_check(cpu_runner, _build(params))
+    cases.run_rope_write_and_check(cpu_runner, cases.build_grid_case(params))
 
 
 @pytest.mark.parametrize("params", PAGED_GRID, ids=cases.grid_id)
 def test_paged_attention(cpu_runner, params):
-    cases.run_paged_and_check(cpu_runner, _build(params))
+    cases.run_paged_and_check(cpu_runner, cases.build_grid_case(params))
 
 
 @pytest.mark.parametrize("params", SPLIT_GRID, ids=cases.grid_id)
 def test_append_equals_rope_write_then_paged(cpu_runner, params):
-    cases.run_split_matches_fused(cpu_runner, _build(params))
+    cases.run_split_matches_fused(cpu_runner, cases.build_grid_case(params))
 
 
 # Every group size and head-dim pair at least once with each dtype (the grid samples them).
@@ -56,13 +51,9 @@ def test_head_dims(cpu_runner, dims, dtype):
     cases.run_append_and_check(cpu_runner, case)
 
 
-# Sliding-window edges against each block size: window 1, a non-multiple of the block size, one
-# block, larger than every context; out-of-window blocks are -1 (released) and poisoned.
-SWA_SPECS = ("swa_window_1", "swa_window_odd", "swa_window_block", "swa_window_huge")
-
-
+# Sliding-window edges against each block size; out-of-window blocks are -1 (released) and poisoned.
 @pytest.mark.parametrize("block_size", cases.BLOCK_SIZES)
-@pytest.mark.parametrize("spec_name", SWA_SPECS)
+@pytest.mark.parametrize("spec_name", cases.SWA_EDGE_NAMES)
 def test_sliding_window_edges(cpu_runner, spec_name, block_size):
     spec = cases.named_batch(spec_name, block_size)
     case = cases.build_named(spec, num_q_heads=6, num_kv_heads=2, head_dim=64, v_head_dim=64,

@@ -1,9 +1,6 @@
 """The Paddle custom ops as Paddle sees them: lazy loading, dygraph, paddle.jit.to_static (AST and
 SOT), legacy static programs, in-place cache updates, and errors that name the argument."""
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -12,9 +9,8 @@ import cases
 
 paddle = pytest.importorskip("paddle", reason="Paddle is not installed: these tests run the Paddle ops")
 
+from gpu.runners import OP_INPUTS  # noqa: E402
 from paddle_gqa import ops  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _case(dtype="float32", rope="neox", sinks=True, window=0, seed=0):
@@ -26,16 +22,8 @@ def _case(dtype="float32", rope="neox", sinks=True, window=0, seed=0):
                             name="integration")
 
 
-def _run_in_subprocess(code: str) -> str:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def test_import_does_not_import_paddle():
-    out = _run_in_subprocess("""
+def test_import_does_not_import_paddle(run_python):
+    out = run_python("""
         import sys
         import paddle_gqa, paddle_gqa.ops, paddle_gqa.kernel_table, paddle_gqa.spec
         print("paddle imported:", "paddle" in sys.modules)
@@ -101,8 +89,7 @@ def test_dygraph_updates_caches_in_place(cpu_runner, dtype):
     assert k_obj.data_ptr() == k_ptr and v_obj.data_ptr() == v_ptr
     ref_out, ref_k, ref_v = case.ref_append_attention()
     cases.check_output(case, cpu_runner.values(out), ref_out)
-    cases.check_cache(case, "key_cache", kb, cpu_runner.bits(k_obj), cpu_runner.values(k_obj), ref_k)
-    cases.check_cache(case, "value_cache", vb, cpu_runner.bits(v_obj), cpu_runner.values(v_obj), ref_v)
+    cases.check_caches(cpu_runner, case, t, (kb, vb), ref_k, ref_v)
 
 
 def _fused(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens, cos, sin, sinks):
@@ -118,8 +105,8 @@ def _split(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlen
 
 
 def _args(t):
-    return [t[k] for k in ("qkv", "key_cache", "value_cache", "block_tables", "cu_seqlens_q",
-                           "cache_seqlens", "rotary_cos", "rotary_sin", "sinks")]
+    """append_attention's positional inputs (the signature of _fused and _split) from a runner's load()."""
+    return [t[k] for k in OP_INPUTS["append_attention"]]
 
 
 @pytest.mark.parametrize("full_graph", [True, False], ids=["ast", "sot"])
@@ -179,9 +166,9 @@ def test_to_static_infers_shapes_with_dynamic_rows(cpu_runner):
     assert list(out.shape) == [case.rows, case.num_q_heads * case.v_head_dim]
 
 
-def test_legacy_static_program():
+def test_legacy_static_program(run_python):
     """The ops in a pre-PIR static Program run by an Executor (FLAGS_enable_pir_api=0)."""
-    out = _run_in_subprocess("""
+    out = run_python("""
         import os
         os.environ["FLAGS_enable_pir_api"] = "0"
         import numpy as np, paddle, cases

@@ -2,11 +2,6 @@
 does not describe the call is refused naming `plan`; invalid step data raises at plan time naming the
 argument with the caches unchanged; plans under paddle.jit.to_static, in legacy static programs and
 in the custom-op backend."""
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
@@ -14,11 +9,11 @@ import cases
 
 paddle = pytest.importorskip("paddle", reason="Paddle is not installed: these tests run the Paddle ops")
 
+from gpu.runners import OP_INPUTS  # noqa: E402
 from paddle_gqa import ops  # noqa: E402
 from paddle_gqa.backends import StepMetadata, get_backend  # noqa: E402
 from paddle_gqa.spec import LayerSpec, RopeSpec  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_ARGS = ("key_cache", "value_cache", "block_tables", "cu_seqlens_q", "cache_seqlens")
 MAGIC = 0x50475131  # csrc/include/paddle_gqa/plan.h
 
@@ -224,8 +219,8 @@ def _split_with_plan(qkv, key_cache, value_cache, block_tables, cu_seqlens_q, ca
 
 
 def _args(t):
-    return [t[k] for k in ("qkv", "key_cache", "value_cache", "block_tables", "cu_seqlens_q",
-                           "cache_seqlens", "rotary_cos", "rotary_sin", "sinks")]
+    """append_attention's positional inputs (the signature of the two functions above) from a runner's load()."""
+    return [t[k] for k in OP_INPUTS["append_attention"]]
 
 
 @pytest.mark.parametrize("full_graph", [True, False], ids=["ast", "sot"])
@@ -253,9 +248,9 @@ def test_to_static_with_a_plan(cpu_runner, fn, full_graph):
     assert np.array_equal(kb, r.bits(bad["key_cache"]))
 
 
-def test_legacy_static_program_with_a_plan():
+def test_legacy_static_program_with_a_plan(run_python):
     """plan and an op taking it (an optional input registered as plan@OPTIONAL) in a pre-PIR Program."""
-    code = """
+    out = run_python("""
         import os
         os.environ["FLAGS_enable_pir_api"] = "0"
         import numpy as np, paddle, cases
@@ -276,12 +271,8 @@ def test_legacy_static_program_with_a_plan():
         ref, _, _ = case.ref_append_attention()
         cases.check_output(case, got.astype(np.float64), ref)
         print("legacy static plan ok", got.shape, words.tolist())
-    """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=300)
-    assert proc.returncode == 0, f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    assert f"legacy static plan ok (8, 384) [{MAGIC}, 2, 8, 16, 0, 1, 1, 0]" in proc.stdout
+    """)
+    assert f"legacy static plan ok (8, 384) [{MAGIC}, 2, 8, 16, 0, 1, 1, 0]" in out
 
 
 def test_custom_op_backend_makes_one_plan_per_step_group_and_mask(cpu_runner):

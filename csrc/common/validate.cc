@@ -280,11 +280,31 @@ void check_out(const Placement& pl, const TensorView& out, const ProblemShape& s
 }
 
 constexpr const char* kQkvLayout = "[rows, Hq*D + Hkv*D + Hkv*Dv]";
+constexpr const char* kQLayout = "[rows, Hq, D]";
+
+// The first input and the step, in the order every op checks them: qkv (rank 2) first, since it
+// fixes the dtype and device the caches must share, then the caches and step arrays (Hkv, D, Dv,
+// block_size), then Hq from the qkv width, which needs Hkv, D and Dv.
+Placement check_qkv_and_step(Backend backend, const TensorView& qkv, const StepInputs& step, ProblemShape& shape) {
+  const Placement pl = check_first(backend, qkv, "qkv", 2, kQkvLayout, shape);
+  check_step(pl, step, shape);
+  derive_heads_from_qkv(qkv, shape);
+  return pl;
+}
+
+// As check_qkv_and_step for q [rows, Hq, D] (rank 3).
+Placement check_q_and_step(Backend backend, const TensorView& q, const StepInputs& step, ProblemShape& shape) {
+  const Placement pl = check_first(backend, q, "q", 3, kQLayout, shape);
+  check_step(pl, step, shape);
+  derive_heads_from_q(q, shape);
+  return pl;
+}
 
 // A plan tensor (given or preallocated): int32 [kPlanWords] on the call's device.
 void check_plan_tensor(const Placement& pl, const TensorView& t, const char* name) {
   check_dtype(t, name, DType::kInt32, "a plan is int32 words (plan.h); pass the tensor the plan op returned");
-  check_tensor(pl, t, name, 1, "[8] int32 words made by the plan op");
+  const std::string layout = str("[", kPlanWords, "] int32 words made by the plan op");
+  check_tensor(pl, t, name, 1, layout.c_str());
   PGQA_CHECK_ARG(t.shape[0] == kPlanWords, name, ": shape ", shape_str(t), ", expected [", kPlanWords,
                  "] (int32 words made by the plan op)");
 }
@@ -294,9 +314,7 @@ void check_plan_tensor(const Placement& pl, const TensorView& t, const char* nam
 ProblemShape validate_rope_write_cache(Backend backend, const TensorView& qkv, const StepInputs& step,
                                        const RopeInputs& rope, const TensorView& q_out) {
   ProblemShape shape;
-  const Placement pl = check_first(backend, qkv, "qkv", 2, kQkvLayout, shape);
-  check_step(pl, step, shape);
-  derive_heads_from_qkv(qkv, shape);
+  const Placement pl = check_qkv_and_step(backend, qkv, step, shape);
   check_rope(pl, rope, shape);
   resolve_scale(shape);
   check_q_out(pl, q_out, shape);
@@ -306,9 +324,7 @@ ProblemShape validate_rope_write_cache(Backend backend, const TensorView& qkv, c
 ProblemShape validate_paged_attention(Backend backend, const TensorView& q, const StepInputs& step,
                                       const MaskInputs& mask, const TensorView& out) {
   ProblemShape shape;
-  const Placement pl = check_first(backend, q, "q", 3, "[rows, Hq, D]", shape);
-  check_step(pl, step, shape);
-  derive_heads_from_q(q, shape);
+  const Placement pl = check_q_and_step(backend, q, step, shape);
   check_mask(pl, mask, shape);
   resolve_scale(shape);
   check_out(pl, out, shape);
@@ -319,9 +335,7 @@ ProblemShape validate_append_attention(Backend backend, const TensorView& qkv, c
                                        const RopeInputs& rope, const MaskInputs& mask,
                                        const TensorView& out) {
   ProblemShape shape;
-  const Placement pl = check_first(backend, qkv, "qkv", 2, kQkvLayout, shape);
-  check_step(pl, step, shape);
-  derive_heads_from_qkv(qkv, shape);
+  const Placement pl = check_qkv_and_step(backend, qkv, step, shape);
   check_rope(pl, rope, shape);
   check_mask(pl, mask, shape);
   resolve_scale(shape);
@@ -334,19 +348,13 @@ ProblemShape validate_plan(Backend backend, const TensorView& q_or_qkv, const St
   require_defined(q_or_qkv, "q_or_qkv");
   PGQA_CHECK_ARG(q_or_qkv.ndim == 2 || q_or_qkv.ndim == 3, "q_or_qkv: rank ", q_or_qkv.ndim, " (shape ",
                  shape_str(q_or_qkv), "), expected the step's qkv ", kQkvLayout,
-                 " (rank 2) or q [rows, Hq, D] (rank 3)");
+                 " (rank 2) or q ", kQLayout, " (rank 3)");
   PGQA_CHECK_ARG(!mask.sinks.defined(), "sinks: a plan does not take sinks (they do not change which data the "
                  "step reads): pass them to the op");
   const bool is_q = q_or_qkv.ndim == 3;
   ProblemShape shape;
-  const Placement pl = is_q ? check_first(backend, q_or_qkv, "q", 3, "[rows, Hq, D]", shape)
-                            : check_first(backend, q_or_qkv, "qkv", 2, kQkvLayout, shape);
-  check_step(pl, step, shape);
-  if (is_q) {
-    derive_heads_from_q(q_or_qkv, shape);
-  } else {
-    derive_heads_from_qkv(q_or_qkv, shape);
-  }
+  const Placement pl = is_q ? check_q_and_step(backend, q_or_qkv, step, shape)
+                            : check_qkv_and_step(backend, q_or_qkv, step, shape);
   check_rope(pl, rope, shape);
   check_mask(pl, mask, shape);
   resolve_scale(shape);

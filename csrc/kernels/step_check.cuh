@@ -13,6 +13,10 @@ namespace paddle_gqa::cuda {
 // One per device, in device memory (workspace.h owns it). Between checks, first_bad_slot is
 // kNoBadSlot and ctas_done is 0; the check kernel's last CTA restores both, so the record also works
 // inside a CUDA graph replayed any number of times.
+// Because it is one record per device, not per call, two calls whose kernels overlap on one device
+// (different streams, or a graph replayed beside an eager call) share `current` and the CTA
+// counter: one call's writing kernels may then see the other's result. Calls on one device must be
+// serialised (one stream), as workspace.h also requires.
 struct StepErrorState {
   StepError current;        // the result of the latest check; writing kernels skip all work when set
   StepError sticky;         // the first error of a check launched under graph capture, kept until

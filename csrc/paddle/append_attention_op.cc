@@ -28,27 +28,19 @@ std::vector<paddle::Tensor> AppendAttention(const paddle::Tensor& qkv, paddle::T
     const TensorView qkv_v = pb::view(qkv, "qkv");
     const StepInputs step =
         pb::step_inputs(key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens);
-    RopeInputs rope;
-    rope.cos = pb::view(rotary_cos, "rotary_cos");
-    rope.sin = pb::view(rotary_sin, "rotary_sin");
-    rope.rotary_dim = rotary_dim;
-    rope.neox_style = neox_style;
-    MaskInputs mask;
-    mask.sinks = pb::view(sinks, "sinks");
-    mask.sliding_window = sliding_window;
-    mask.causal = causal;
-    mask.softmax_scale = softmax_scale;
+    const RopeInputs rope = pb::rope_inputs(rotary_cos, rotary_sin, rotary_dim, neox_style);
+    const MaskInputs mask = pb::mask_inputs(sinks, sliding_window, causal, softmax_scale);
 
     const ProblemShape shape =
         validate_append_attention(backend, qkv_v, step, rope, mask, TensorView{});
-    const TensorView plan_v = pb::view(plan, "plan");
-    validate_plan_input(backend, plan_v, qkv_v, "qkv");
+    const TensorView plan_v = pb::plan_input(plan, backend, qkv_v, "qkv");
     paddle::Tensor out = paddle::empty({shape.rows, shape.out_width()}, qkv.dtype(), qkv.place());
     const TensorView out_v = pb::view(out, "out");
     if (backend == Backend::kCPU) {
       if (plan_v.defined()) paddle_gqa::cpu::check_plan(shape, plan_v, /*mask=*/true, /*rope=*/true);
       paddle_gqa::cpu::append_attention(shape, qkv_v, step, rope, mask, out_v);
     } else {
+      // Backend::kCUDA: a build without CUDA never gets here (backend_of refuses GPU tensors).
 #ifdef PADDLE_GQA_WITH_CUDA
       paddle_gqa::cuda::append_attention(shape, qkv_v, step, rope, mask, out_v, pb::stream_of(qkv),
                                          /*defer_errors=*/plan_v.defined());

@@ -82,6 +82,33 @@ StepInputs step_inputs(const paddle::Tensor& key_cache, const paddle::Tensor& va
   return s;
 }
 
+RopeInputs rope_inputs(const paddle::optional<paddle::Tensor>& rotary_cos,
+                       const paddle::optional<paddle::Tensor>& rotary_sin, int rotary_dim, bool neox_style) {
+  RopeInputs r;
+  r.cos = view(rotary_cos, "rotary_cos");
+  r.sin = view(rotary_sin, "rotary_sin");
+  r.rotary_dim = rotary_dim;
+  r.neox_style = neox_style;
+  return r;
+}
+
+MaskInputs mask_inputs(const paddle::optional<paddle::Tensor>& sinks, int sliding_window, bool causal,
+                       float softmax_scale) {
+  MaskInputs m;
+  m.sinks = view(sinks, "sinks");
+  m.sliding_window = sliding_window;
+  m.causal = causal;
+  m.softmax_scale = softmax_scale;
+  return m;
+}
+
+TensorView plan_input(const paddle::optional<paddle::Tensor>& plan, Backend backend, const TensorView& anchor,
+                      const char* anchor_name) {
+  const TensorView v = view(plan, "plan");
+  validate_plan_input(backend, v, anchor, anchor_name);
+  return v;
+}
+
 Backend backend_of(const paddle::Tensor& t, const char* name) {
   if (t.is_cpu()) return Backend::kCPU;
   if (t.is_gpu()) {

@@ -29,6 +29,22 @@ StepInputs step_inputs(const paddle::Tensor& key_cache, const paddle::Tensor& va
                        const paddle::Tensor& block_tables, const paddle::Tensor& cu_seqlens_q,
                        const paddle::Tensor& cache_seqlens);
 
+// The RoPE arguments of rope_write_cache, append_attention and plan (op_args.h); absent tables
+// are undefined views.
+RopeInputs rope_inputs(const paddle::optional<paddle::Tensor>& rotary_cos,
+                       const paddle::optional<paddle::Tensor>& rotary_sin, int rotary_dim, bool neox_style);
+
+// The mask arguments of paged_attention, append_attention and plan (op_args.h); absent sinks are
+// an undefined view.
+MaskInputs mask_inputs(const paddle::optional<paddle::Tensor>& sinks, int sliding_window, bool causal,
+                       float softmax_scale);
+
+// The optional `plan` input of an op (plan.h): host-side checks against `anchor` (the op's qkv or
+// q, named `anchor_name`), then its view, undefined when absent. The CPU ops compare its words
+// with the call (cpu::check_plan); the CUDA ops never read them, since that would synchronize.
+TensorView plan_input(const paddle::optional<paddle::Tensor>& plan, Backend backend, const TensorView& anchor,
+                      const char* anchor_name);
+
 // The backend the op runs on, from the place of its main input (`qkv` or `q`). Throws for places
 // other than CPU and GPU, and for GPU tensors when this library was built without CUDA.
 Backend backend_of(const paddle::Tensor& t, const char* name);

@@ -27,21 +27,17 @@ std::vector<paddle::Tensor> PagedAttention(const paddle::Tensor& q, paddle::Tens
     const TensorView q_v = pb::view(q, "q");
     const StepInputs step =
         pb::step_inputs(key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens);
-    MaskInputs mask;
-    mask.sinks = pb::view(sinks, "sinks");
-    mask.sliding_window = sliding_window;
-    mask.causal = causal;
-    mask.softmax_scale = softmax_scale;
+    const MaskInputs mask = pb::mask_inputs(sinks, sliding_window, causal, softmax_scale);
 
     const ProblemShape shape = validate_paged_attention(backend, q_v, step, mask, TensorView{});
-    const TensorView plan_v = pb::view(plan, "plan");
-    validate_plan_input(backend, plan_v, q_v, "q");
+    const TensorView plan_v = pb::plan_input(plan, backend, q_v, "q");
     paddle::Tensor out = paddle::empty({shape.rows, shape.out_width()}, q.dtype(), q.place());
     const TensorView out_v = pb::view(out, "out");
     if (backend == Backend::kCPU) {
       if (plan_v.defined()) paddle_gqa::cpu::check_plan(shape, plan_v, /*mask=*/true, /*rope=*/false);
       paddle_gqa::cpu::paged_attention(shape, q_v, step, mask, out_v);
     } else {
+      // Backend::kCUDA: a build without CUDA never gets here (backend_of refuses GPU tensors).
 #ifdef PADDLE_GQA_WITH_CUDA
       paddle_gqa::cuda::paged_attention(shape, q_v, step, mask, out_v, pb::stream_of(q),
                                         /*defer_errors=*/plan_v.defined());

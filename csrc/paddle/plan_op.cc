@@ -24,13 +24,10 @@ std::vector<paddle::Tensor> Plan(const paddle::Tensor& q_or_qkv, const paddle::T
     const TensorView first_v = pb::view(q_or_qkv, "q_or_qkv");
     const StepInputs step =
         pb::step_inputs(key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens);
-    RopeInputs rope;
-    rope.cos = pb::view(rotary_cos, "rotary_cos");
-    rope.sin = pb::view(rotary_sin, "rotary_sin");
-    rope.rotary_dim = rotary_dim;
-    MaskInputs mask;
-    mask.sliding_window = sliding_window;
-    mask.causal = causal;
+    // A plan takes no neox_style (rotation does not change which data the step reads), no sinks
+    // and no softmax_scale.
+    const RopeInputs rope = pb::rope_inputs(rotary_cos, rotary_sin, rotary_dim, /*neox_style=*/true);
+    const MaskInputs mask = pb::mask_inputs(paddle::none, sliding_window, causal, /*softmax_scale=*/0.f);
 
     const ProblemShape shape = validate_plan(backend, first_v, step, rope, mask, TensorView{});
     paddle::Tensor plan = paddle::empty({kPlanWords}, paddle::DataType::INT32, q_or_qkv.place());
@@ -38,6 +35,7 @@ std::vector<paddle::Tensor> Plan(const paddle::Tensor& q_or_qkv, const paddle::T
     if (backend == Backend::kCPU) {
       paddle_gqa::cpu::plan_step(shape, step, plan_v);
     } else {
+      // Backend::kCUDA: a build without CUDA never gets here (backend_of refuses GPU tensors).
 #ifdef PADDLE_GQA_WITH_CUDA
       paddle_gqa::cuda::plan_step(shape, step, plan_v, pb::stream_of(q_or_qkv));
 #endif

@@ -26,15 +26,10 @@ std::vector<paddle::Tensor> RopeWriteCache(const paddle::Tensor& qkv, paddle::Te
     const TensorView qkv_v = pb::view(qkv, "qkv");
     const StepInputs step =
         pb::step_inputs(key_cache, value_cache, block_tables, cu_seqlens_q, cache_seqlens);
-    RopeInputs rope;
-    rope.cos = pb::view(rotary_cos, "rotary_cos");
-    rope.sin = pb::view(rotary_sin, "rotary_sin");
-    rope.rotary_dim = rotary_dim;
-    rope.neox_style = neox_style;
+    const RopeInputs rope = pb::rope_inputs(rotary_cos, rotary_sin, rotary_dim, neox_style);
 
     const ProblemShape shape = validate_rope_write_cache(backend, qkv_v, step, rope, TensorView{});
-    const TensorView plan_v = pb::view(plan, "plan");
-    validate_plan_input(backend, plan_v, qkv_v, "qkv");
+    const TensorView plan_v = pb::plan_input(plan, backend, qkv_v, "qkv");
     paddle::Tensor q = paddle::empty({shape.rows, int64_t(shape.num_q_heads), int64_t(shape.head_dim)},
                                      qkv.dtype(), qkv.place());
     const TensorView q_v = pb::view(q, "q");
@@ -42,6 +37,7 @@ std::vector<paddle::Tensor> RopeWriteCache(const paddle::Tensor& qkv, paddle::Te
       if (plan_v.defined()) paddle_gqa::cpu::check_plan(shape, plan_v, /*mask=*/false, /*rope=*/true);
       paddle_gqa::cpu::rope_write_cache(shape, qkv_v, step, rope, q_v);
     } else {
+      // Backend::kCUDA: a build without CUDA never gets here (backend_of refuses GPU tensors).
 #ifdef PADDLE_GQA_WITH_CUDA
       paddle_gqa::cuda::rope_write_cache(shape, qkv_v, step, rope, q_v, pb::stream_of(qkv),
                                          /*defer_errors=*/plan_v.defined());

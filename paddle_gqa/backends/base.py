@@ -25,6 +25,14 @@ class UnsupportedSpec(ValueError):
     """A backend was asked for a spec it cannot run; the message lists every reason."""
 
 
+def rope_reasons(spec: LayerSpec) -> List[str]:
+    """Why `spec.rope` cannot run on any backend: every backend rotates pairs within head_dim."""
+    rope = spec.rope
+    if rope is not None and (rope.rotary_dim <= 0 or rope.rotary_dim % 2 or rope.rotary_dim > spec.head_dim):
+        return [f"rope.rotary_dim={rope.rotary_dim}: expected even, > 0 and <= head_dim={spec.head_dim}"]
+    return []
+
+
 class AttentionBackend(abc.ABC):
     """Static capabilities of one kind of attention kernel, bound to one layer spec."""
 

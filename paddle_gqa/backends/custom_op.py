@@ -1,16 +1,17 @@
 """Custom-op attention backend: one `paddle_gqa.ops.append_attention` call per layer and step (RoPE,
 paged cache write and attention fused; the CPU and CUDA kernels of the package's extension).
 
-The step's plan (`paddle_gqa.ops.plan`: the check of the step's device data, on GPU the step's one
-read-back) is made by the first layer of each cache group and mask (window, causal, RoPE table
-length) and kept in the step metadata; every layer passes it, so no layer call synchronizes."""
+A plan (`paddle_gqa.ops.plan`: the check of the step's device data, on GPU one read-back) is made
+by the first layer of each cache group and mask (window, causal, RoPE table length) and kept in the
+step metadata; every layer passes it, so no layer call synchronizes. A step therefore reads back
+once per distinct (cache group, mask), e.g. twice for a hybrid full/sliding-window model."""
 from __future__ import annotations
 
 from typing import List, Optional
 
 from .. import kernel_table
 from ..spec import LayerSpec
-from .base import AttentionBackend, AttentionRunner
+from .base import AttentionBackend, AttentionRunner, rope_reasons
 from .metadata import StepMetadata
 
 
@@ -65,10 +66,7 @@ class CustomOpBackend(AttentionBackend):
                 where = "on GPU" if device == "gpu" else "on CPU"
                 reasons.append(f"dtype={dtype!r} is not supported {where}; expected one of {', '.join(allowed)}"
                                + (" (use bfloat16 or float16 on GPU)" if dtype == "float32" else ""))
-        rope = spec.rope
-        if rope is not None and (rope.rotary_dim <= 0 or rope.rotary_dim % 2 or rope.rotary_dim > spec.head_dim):
-            reasons.append(f"rope.rotary_dim={rope.rotary_dim}: expected even, > 0 and <= head_dim={spec.head_dim}")
-        return reasons
+        return reasons + rope_reasons(spec)
 
     def make_runner(self, rotary_cos=None, rotary_sin=None) -> CustomOpRunner:
         return CustomOpRunner(self.spec, rotary_cos, rotary_sin)

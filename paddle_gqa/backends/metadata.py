@@ -10,9 +10,9 @@ commits them after the forward pass:
 Everything here is computed on the host from the scheduler's own numbers and uploaded once, so no
 layer ever reads device data back. Host copies stay in the metadata for backends that need them
 (the reference backend plans its gathers from them). Backends keep their per-step derived data in
-`memo`, built by the first layer that needs it: the custom-op backend keeps there the step's
-`paddle_gqa.ops.plan` per cache group and mask, the step's one device check (and on GPU its one
-read-back), which every layer's op call then takes.
+`memo`, built by the first layer that needs it: the custom-op backend keeps there a
+`paddle_gqa.ops.plan` per cache group and mask (its device check, on GPU one read-back each), which
+every layer's op call of that group then takes.
 """
 from __future__ import annotations
 
@@ -46,10 +46,6 @@ class StepMetadata:
     @property
     def num_tokens(self) -> int:
         return int(self.cu_seqlens_q_host[-1])
-
-    @property
-    def num_new_host(self) -> np.ndarray:
-        return np.diff(self.cu_seqlens_q_host)
 
     @classmethod
     def from_host(cls, req_ids: Sequence[Hashable], cu_seqlens_q, cache_seqlens, block_tables, *,

@@ -17,7 +17,7 @@ import numpy as np
 import paddle
 
 from ..spec import LayerSpec
-from .base import AttentionBackend, AttentionRunner
+from .base import AttentionBackend, AttentionRunner, rope_reasons
 from .metadata import StepMetadata
 
 
@@ -190,10 +190,7 @@ class ReferenceBackend(AttentionBackend):
             reasons.append(f"dtype={dtype!r}: expected float32, float16, bfloat16 or float64")
         if block_size is not None and block_size <= 0:
             reasons.append(f"block_size={block_size}: expected > 0")
-        rope = spec.rope
-        if rope is not None and (rope.rotary_dim <= 0 or rope.rotary_dim % 2 or rope.rotary_dim > spec.head_dim):
-            reasons.append(f"rope.rotary_dim={rope.rotary_dim}: expected even, > 0 and <= head_dim={spec.head_dim}")
-        return reasons
+        return reasons + rope_reasons(spec)
 
     def make_runner(self, rotary_cos=None, rotary_sin=None) -> ReferenceRunner:
         return ReferenceRunner(self.spec, rotary_cos, rotary_sin)

@@ -8,7 +8,7 @@
 A runner offers: tensor(array, dtype) / int32(array) / fp32(array) to make device tensors,
 load(case[, q]) -> {argument name: tensor}, call(op, case, tensors, **attr_overrides) -> output,
 the three ops by name, values(t) -> float64 NumPy, bits(t) -> raw unsigned bits (NaN-safe
-comparison), and helpers the bad-input matrix uses (cast, noncontiguous, clone).
+comparison), and helpers the bad-input matrix uses (raw, cast, noncontiguous).
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ class _Runner:
     """What PaddleRunner and TorchDlpackRunner share: building a case's tensors and the op calls."""
 
     name = "runner"
-    dtypes = ()
 
     def load(self, case, q=None) -> dict:
         t = {
@@ -71,12 +70,11 @@ class PaddleRunner(_Runner):
     def __init__(self, device: str = "cpu"):
         import paddle
 
-        from paddle_gqa import kernel_table, ops
+        from paddle_gqa import ops
 
         self.paddle, self.ops, self.device = paddle, ops, device
         self.place = paddle.CPUPlace() if device == "cpu" else paddle.CUDAPlace(0)
         self.name = f"paddle-{device}"
-        self.dtypes = kernel_table.CPU_DTYPES if device == "cpu" else kernel_table.CUDA_DTYPES
 
     def tensor(self, arr, dtype: str):
         arr = np.asarray(arr, dtype=np.float64)
@@ -116,13 +114,6 @@ class PaddleRunner(_Runner):
         assert not view.is_contiguous(), "could not build a non-contiguous view"
         return view
 
-    def clone(self, t):
-        return t.clone()
-
-    def synchronize(self):
-        if self.device == "gpu":
-            self.paddle.device.synchronize()
-
 
 class TorchDlpackRunner(_Runner):
     """paddle_gqa.dlpack_ops with torch CUDA tensors; outputs preallocated and NaN-poisoned."""
@@ -133,10 +124,9 @@ class TorchDlpackRunner(_Runner):
     def __init__(self):
         import torch
 
-        from paddle_gqa import dlpack_ops, kernel_table
+        from paddle_gqa import dlpack_ops
 
         self.torch, self.mod = torch, dlpack_ops
-        self.dtypes = kernel_table.CUDA_DTYPES
         self._dt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
     def tensor(self, arr, dtype: str):
@@ -186,12 +176,6 @@ class TorchDlpackRunner(_Runner):
         view = self.torch.stack([t, t], dim=-1)[..., 0]
         assert not view.is_contiguous()
         return view
-
-    def clone(self, t):
-        return t.clone()
-
-    def synchronize(self):
-        self.torch.cuda.synchronize()
 
 
 def dlpack_unavailable_reason():

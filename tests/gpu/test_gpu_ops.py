@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import cases
+from gpu.runners import OP_INPUTS
 
 APPEND_GRID = cases.sampled_grid(120, seed=11, dtypes=cases.CUDA_DTYPES)
 ROPE_GRID = cases.sampled_grid(30, seed=12, dtypes=cases.CUDA_DTYPES)
@@ -11,29 +12,24 @@ PAGED_GRID = cases.sampled_grid(60, seed=13, dtypes=cases.CUDA_DTYPES)
 SPLIT_GRID = cases.sampled_grid(20, seed=14, dtypes=cases.CUDA_DTYPES)
 
 
-def _build(params):
-    p = dict(params)
-    return cases.build_named(p.pop("spec"), **p)
-
-
 @pytest.mark.parametrize("params", APPEND_GRID, ids=cases.grid_id)
 def test_append_attention(gpu_runner, params):
-    cases.run_append_and_check(gpu_runner, _build(params))
+    cases.run_append_and_check(gpu_runner, cases.build_grid_case(params))
 
 
 @pytest.mark.parametrize("params", ROPE_GRID, ids=cases.grid_id)
 def test_rope_write_cache(gpu_runner, params):
-    cases.run_rope_write_and_check(gpu_runner, _build(params))
+    cases.run_rope_write_and_check(gpu_runner, cases.build_grid_case(params))
 
 
 @pytest.mark.parametrize("params", PAGED_GRID, ids=cases.grid_id)
 def test_paged_attention(gpu_runner, params):
-    cases.run_paged_and_check(gpu_runner, _build(params))
+    cases.run_paged_and_check(gpu_runner, cases.build_grid_case(params))
 
 
 @pytest.mark.parametrize("params", SPLIT_GRID, ids=cases.grid_id)
 def test_append_equals_rope_write_then_paged(gpu_runner, params):
-    cases.run_split_matches_fused(gpu_runner, _build(params))
+    cases.run_split_matches_fused(gpu_runner, cases.build_grid_case(params))
 
 
 @pytest.mark.parametrize("group", cases.GROUP_SIZES + (5, 7, 12, 16))
@@ -57,11 +53,8 @@ def test_head_dims_and_block_sizes(gpu_runner, dims, block_size, dtype):
         cases.run_append_and_check(gpu_runner, case)
 
 
-SWA_SPECS = ("swa_window_1", "swa_window_odd", "swa_window_block", "swa_window_huge")
-
-
 @pytest.mark.parametrize("block_size", cases.BLOCK_SIZES)
-@pytest.mark.parametrize("spec_name", SWA_SPECS)
+@pytest.mark.parametrize("spec_name", cases.SWA_EDGE_NAMES)
 def test_sliding_window_edges(gpu_runner, spec_name, block_size):
     case = cases.build_named(cases.named_batch(spec_name, block_size), num_q_heads=6, num_kv_heads=2,
                              head_dim=192, v_head_dim=128, block_size=block_size, dtype="bfloat16",
@@ -163,8 +156,6 @@ def test_dlpack_explicit_stream(dlpack_runner):
     side.wait_stream(torch.cuda.current_stream())
     from paddle_gqa import dlpack_ops
 
-    from gpu.runners import OP_INPUTS
-
     dlpack_ops.append_attention(out, *[t.get(a) for a in OP_INPUTS["append_attention"]],
                                 **case.op_kwargs("append_attention"), stream=side.cuda_stream)
     side.synchronize()
@@ -186,8 +177,6 @@ def test_dlpack_cuda_graph_replay_is_correct(dlpack_runner):
 
     from paddle_gqa import dlpack_ops
 
-    from gpu.runners import OP_INPUTS
-
     case = cases.build_named(cases.named_batch("mixed_idle", 16), num_q_heads=6, num_kv_heads=2,
                              head_dim=192, v_head_dim=128, block_size=16, dtype="bfloat16", rope="partial",
                              sinks=True, seed=81)
@@ -205,8 +194,7 @@ def test_dlpack_cuda_graph_replay_is_correct(dlpack_runner):
     torch.cuda.synchronize()
     ref_out, ref_k, ref_v = case.ref_append_attention()
     cases.check_output(case, r.values(out), ref_out)
-    cases.check_cache(case, "key_cache", kb, r.bits(t["key_cache"]), r.values(t["key_cache"]), ref_k)
-    cases.check_cache(case, "value_cache", vb, r.bits(t["value_cache"]), r.values(t["value_cache"]), ref_v)
+    cases.check_caches(r, case, t, (kb, vb), ref_k, ref_v)
 
 
 def test_dlpack_cuda_graph_defers_device_data_errors(dlpack_runner):
@@ -214,8 +202,6 @@ def test_dlpack_cuda_graph_defers_device_data_errors(dlpack_runner):
     import torch
 
     from paddle_gqa import dlpack_ops
-
-    from gpu.runners import OP_INPUTS
 
     case = cases.bad_input_case("bfloat16")
     r = dlpack_runner

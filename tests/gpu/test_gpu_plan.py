@@ -49,9 +49,7 @@ def test_ops_with_plan_match_ops_without(dlpack_runner, window):
     out = r.append_attention(case, with_plan, plan=plan)
     ref_out, ref_k, ref_v = case.ref_append_attention()
     cases.check_output(case, r.values(out), ref_out)
-    cases.check_cache(case, "key_cache", kb, r.bits(with_plan["key_cache"]), r.values(with_plan["key_cache"]), ref_k)
-    cases.check_cache(case, "value_cache", vb, r.bits(with_plan["value_cache"]), r.values(with_plan["value_cache"]),
-                      ref_v)
+    cases.check_caches(r, case, with_plan, (kb, vb), ref_k, ref_v)
     assert np.array_equal(r.bits(out), r.bits(r.append_attention(case, without)))
     for name in ("key_cache", "value_cache"):
         assert np.array_equal(r.bits(with_plan[name]), r.bits(without[name])), name
@@ -200,8 +198,7 @@ def test_cuda_graph_of_plan_and_plan_given_ops(dlpack_runner):
     assert plan.cpu().tolist() == [MAGIC, case.batch, case.rows, 16, 0, 1, 1, 0]
     ref_out, ref_k, ref_v = case.ref_append_attention()
     cases.check_output(case, r.values(out), ref_out)
-    cases.check_cache(case, "key_cache", kb, r.bits(t["key_cache"]), r.values(t["key_cache"]), ref_k)
-    cases.check_cache(case, "value_cache", vb, r.bits(t["value_cache"]), r.values(t["value_cache"]), ref_v)
+    cases.check_caches(r, case, t, (kb, vb), ref_k, ref_v)
     dlpack_ops.check_errors(torch.cuda.current_device())
 
     # The split ops captured with a plan made outside the graph.

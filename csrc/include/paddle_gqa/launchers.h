@@ -49,7 +49,8 @@ void append_attention(const ProblemShape& shape, const TensorView& qkv, const St
 // read-back outside capture: throws InvalidArgument for a deferred error of an earlier call first,
 // then for this step's. Under capture the record is deferred as for the ops.
 void plan_step(const ProblemShape& shape, const StepInputs& step, const TensorView& plan_out, void* stream);
-// Throws InvalidArgument for an error recorded on `device_id` during graph capture, and clears it.
+// Throws InvalidArgument for an error recorded on `device_id` by a call made during graph capture
+// or given a plan (the sticky record), and clears it. Synchronizes the device.
 void check_errors(int device_id);
 }  // namespace cuda
 

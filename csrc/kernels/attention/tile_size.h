@@ -43,7 +43,8 @@ using PrefillConfig = TileConfig<prefill_block_m(DV), kPrefillBlockN, kPrefillWa
 
 // Few rows per slot (decode): 16 rows, 4 warps splitting each 64-key tile (16 keys each). Three
 // stages keep two tiles in flight while two CTAs share an SM (D + Dv <= 256); wider heads keep
-// two stages so that two CTAs still fit.
+// two stages, with which two CTAs still fit for 192/128 (90 KB each) but only one for 256/256
+// (140 KB); resident_ctas_per_sm (planner.cu) derives the count from smem_bytes either way.
 inline constexpr int kDecodeBlockM = 16;
 inline constexpr int kDecodeBlockN = 64;
 inline constexpr int kDecodeWarpsN = 4;
