@@ -89,9 +89,9 @@ def _stream(out, stream):
 def _borrow_all(out, launch_stream, tensors):
     """The tensors as the module should receive them. When `out` is a torch CUDA tensor and the
     launch goes on torch's current stream (the stream every torch input is already ordered on), torch
-    tensors are handed over as capsules from torch.utils.dlpack.to_dlpack, a C++ call: the
-    `__dlpack__(stream=...)` handshake instead costs ~20 µs of Python per tensor, about 85% of the
-    host time of a call (scripts/host_overhead.py, BENCHMARKS.md). Anything else passes as is."""
+    tensors are handed over as capsules from torch.utils.dlpack.to_dlpack, a C++ call, instead of
+    through torch's Python `__dlpack__(stream=...)` handshake, which was most of a call's host time
+    (BENCHMARKS.md, "host path"; scripts/host_overhead.py measures it). Anything else passes as is."""
     if type(out).__module__.split(".")[0] != "torch" or out.device.type != "cuda":
         return tensors
     if launch_stream != current_stream(out):

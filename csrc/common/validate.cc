@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "paddle_gqa/errors.h"
 #include "paddle_gqa/generated/supported.h"
@@ -300,6 +301,22 @@ Placement check_q_and_step(Backend backend, const TensorView& q, const StepInput
   return pl;
 }
 
+// The CUDA attention kernels move 16-byte vectors of q, the caches and out (q's row and head
+// strides, Hq*D and D elements, are multiples of 8 for every supported D): a view that starts off a
+// 16-byte boundary is refused here, before any kernel writes anything.
+void check_attention_alignment(const Placement& pl, const TensorView* q, const StepInputs& step,
+                               const TensorView& out) {
+  if (pl.backend != Backend::kCUDA) return;
+  const std::pair<const TensorView*, const char*> tensors[] = {
+      {q, "q"}, {&step.key_cache, "key_cache"}, {&step.value_cache, "value_cache"}, {&out, "out"}};
+  for (const auto& [t, name] : tensors) {
+    if (t == nullptr || !t->defined() || t->numel() == 0) continue;
+    PGQA_CHECK_ARG((reinterpret_cast<uintptr_t>(t->data) & 15u) == 0, name, ": data pointer ", t->data,
+                   " is not 16-byte aligned: the CUDA attention kernels load 16-byte vectors (pass a tensor "
+                   "that starts on a 16-byte boundary, e.g. a fresh .contiguous() copy)");
+  }
+}
+
 // A plan tensor (given or preallocated): int32 [kPlanWords] on the call's device.
 void check_plan_tensor(const Placement& pl, const TensorView& t, const char* name) {
   check_dtype(t, name, DType::kInt32, "a plan is int32 words (plan.h); pass the tensor the plan op returned");
@@ -328,6 +345,7 @@ ProblemShape validate_paged_attention(Backend backend, const TensorView& q, cons
   check_mask(pl, mask, shape);
   resolve_scale(shape);
   check_out(pl, out, shape);
+  check_attention_alignment(pl, &q, step, out);
   return shape;
 }
 
@@ -340,6 +358,7 @@ ProblemShape validate_append_attention(Backend backend, const TensorView& qkv, c
   check_mask(pl, mask, shape);
   resolve_scale(shape);
   check_out(pl, out, shape);
+  check_attention_alignment(pl, nullptr, step, out);
   return shape;
 }
 

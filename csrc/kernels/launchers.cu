@@ -149,7 +149,7 @@ void rope_write_cache(const ProblemShape& shape, const TensorView& qkv, const St
 void paged_attention(const ProblemShape& shape, const TensorView& q, const StepInputs& step,
                      const MaskInputs& mask, const TensorView& out, void* stream, bool defer_errors) {
   require_output(out, "out");
-  require_attention_kernel(shape);
+  require_attention_kernel(shape, q.device_id);
   DeviceGuard guard(q.device_id);
   const CallContext c = begin_call(q, stream, defer_errors);
   const int sms = num_sms(c.device);
@@ -168,7 +168,7 @@ void append_attention(const ProblemShape& shape, const TensorView& qkv, const St
                       const RopeInputs& rope, const MaskInputs& mask, const TensorView& out, void* stream,
                       bool defer_errors) {
   require_output(out, "out");
-  require_attention_kernel(shape);
+  require_attention_kernel(shape, qkv.device_id);
   DeviceGuard guard(qkv.device_id);
   const CallContext c = begin_call(qkv, stream, defer_errors);
   const int sms = num_sms(c.device);

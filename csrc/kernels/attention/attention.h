@@ -25,8 +25,10 @@ struct AttentionInputs {
 size_t attention_workspace_bytes(const ProblemShape& shape, int num_sms);
 
 // Throws InvalidArgument naming the dtype and head dims when this build has no attention kernel
-// for the shape; the launchers call it before anything is written.
-void require_attention_kernel(const ProblemShape& shape);
+// for the shape, or when `device` cannot give the tiles the step may use the shared memory they
+// need (the prefill tiles of 192/128 and 256/256 need Hopper's 227 KB); the launchers call it
+// before anything is written.
+void require_attention_kernel(const ProblemShape& shape, int device);
 
 // Plans (on the device: tile map, per-slot split counts) and runs the attention; no host sync, no
 // allocation; graph-capturable. q strides must be multiples of 8 elements, all pointers 16-byte

@@ -2,6 +2,7 @@
 // tile planner, the attention kernel of the (dtype, D, Dv, group) key and the split merge.
 #include "attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -76,7 +77,20 @@ int log2_exact(int x) {
 
 }  // namespace
 
-void require_attention_kernel(const ProblemShape& shape) { find_launcher(shape); }
+void require_attention_kernel(const ProblemShape& shape, int device) {
+  find_launcher(shape);
+  // Every slot is a decode slot when even all rows in one slot fit a decode tile (host-known);
+  // otherwise the device data may send slots to either config.
+  const int d = shape.head_dim, dv = shape.v_head_dim;
+  const bool decode_only = shape.rows * shape.group <= attn::kDecodeBlockM;
+  const int need = decode_only ? attn::decode_smem_bytes(d, dv)
+                               : std::max(attn::decode_smem_bytes(d, dv), attn::prefill_smem_bytes(d, dv));
+  int limit = 0;
+  PGQA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  PGQA_CHECK_ARG(need <= limit, "head_dim/v_head_dim ", d, "/", dv, ": the attention tiles of this step need ", need,
+                 " bytes of shared memory per block, CUDA device ", device, " allows ", limit,
+                 ": these head dims need a GPU with more shared memory per block (sm_90: 227 KB)");
+}
 
 size_t attention_workspace_bytes(const ProblemShape& shape, int num_sms) {
   return attn::make_launch_plan(shape, num_sms).workspace_bytes;

@@ -24,11 +24,11 @@ int resident_ctas_per_sm(bool decode, const ProblemShape& shape) {
   const int d = shape.head_dim, dv = shape.v_head_dim;
   int smem, threads, regs;
   if (decode) {
-    smem = smem_bytes(kDecodeBlockM, kDecodeBlockN, kDecodeWarpsN, decode_stages(d, dv), d, dv);
+    smem = decode_smem_bytes(d, dv);
     threads = 32 * kDecodeWarpsN;
     regs = dv <= 128 ? 128 : 256;
   } else {
-    smem = smem_bytes(prefill_block_m(dv), kPrefillBlockN, 1, 2, d, dv);
+    smem = prefill_smem_bytes(d, dv);
     threads = 32 * kPrefillWarps;
     regs = 256;
   }

@@ -75,6 +75,20 @@ constexpr int attention_smem_bytes() {
   return smem_bytes(Cfg::kBlockM, Cfg::kBlockN, Cfg::kWarpsN, Cfg::kStages, D, DV);
 }
 
+// The same two sizes for head dims known only at run time: the planner's occupancy estimate and the
+// host's shared-memory check before any launch.
+constexpr int prefill_smem_bytes(int d, int dv) {
+  return smem_bytes(prefill_block_m(dv), kPrefillBlockN, 1, 2, d, dv);
+}
+constexpr int decode_smem_bytes(int d, int dv) {
+  return smem_bytes(kDecodeBlockM, kDecodeBlockN, kDecodeWarpsN, decode_stages(d, dv), d, dv);
+}
+static_assert(prefill_smem_bytes(192, 128) == attention_smem_bytes<PrefillConfig<192, 128>, 192, 128>() &&
+                  prefill_smem_bytes(256, 256) == attention_smem_bytes<PrefillConfig<256, 256>, 256, 256>() &&
+                  decode_smem_bytes(128, 128) == attention_smem_bytes<DecodeConfig<128, 128>, 128, 128>() &&
+                  decode_smem_bytes(256, 256) == attention_smem_bytes<DecodeConfig<256, 256>, 256, 256>(),
+              "the run-time sizes must match the configs the kernels launch with");
+
 // A split covers at least this many KV tiles, so a partial result is worth its merge.
 inline constexpr int kMinTilesPerSplit = 4;
 
