@@ -86,7 +86,7 @@ def _stream(out, stream):
     return current_stream(out) if stream is None else int(stream)
 
 
-def _borrow_all(out, launch_stream, tensors):
+def _borrow_all(out, stream, launch_stream, tensors):
     """The tensors as the module should receive them. When `out` is a torch CUDA tensor and the
     launch goes on torch's current stream (the stream every torch input is already ordered on), torch
     tensors are handed over as capsules from torch.utils.dlpack.to_dlpack, a C++ call, instead of
@@ -94,7 +94,8 @@ def _borrow_all(out, launch_stream, tensors):
     (BENCHMARKS.md, "host path"; scripts/host_overhead.py measures it). Anything else passes as is."""
     if type(out).__module__.split(".")[0] != "torch" or out.device.type != "cuda":
         return tensors
-    if launch_stream != current_stream(out):
+    # With stream=None, launch_stream already is torch's current stream (_stream looked it up).
+    if stream is not None and launch_stream != current_stream(out):
         return tensors
     from torch.utils.dlpack import to_dlpack
 
@@ -111,7 +112,7 @@ def append_attention(out, qkv, key_cache, value_cache, block_tables, cu_seqlens_
     """RoPE + cache write + attention into out [rows, Hq*Dv]; returns out. With `plan` (from `plan`)
     the call does not synchronize; invalid step data is then raised by `check_errors`."""
     launch_stream = _stream(out, stream)
-    *args, plan = _borrow_all(out, launch_stream, [out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
+    *args, plan = _borrow_all(out, stream, launch_stream, [out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
                                             cache_seqlens, rotary_cos, rotary_sin, sinks, plan])
     cuda_module().append_attention(*args, rotary_dim=rotary_dim, neox_style=neox_style,
                                    sliding_window=sliding_window, causal=causal, softmax_scale=softmax_scale,
@@ -125,7 +126,7 @@ def rope_write_cache(q_out, qkv, key_cache, value_cache, block_tables, cu_seqlen
     """RoPE + cache write; rotated queries into q_out [rows, Hq, D]; returns q_out. `plan` as for
     append_attention."""
     launch_stream = _stream(q_out, stream)
-    *args, plan = _borrow_all(q_out, launch_stream, [q_out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
+    *args, plan = _borrow_all(q_out, stream, launch_stream, [q_out, qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
                                               cache_seqlens, rotary_cos, rotary_sin, plan])
     cuda_module().rope_write_cache(*args, rotary_dim=rotary_dim, neox_style=neox_style, stream=launch_stream,
                                    plan=plan)
@@ -137,7 +138,7 @@ def paged_attention(out, q, key_cache, value_cache, block_tables, cu_seqlens_q, 
     """Attention of q [rows, Hq, D] over the paged cache into out [rows, Hq*Dv]; returns out. `plan`
     as for append_attention."""
     launch_stream = _stream(out, stream)
-    *args, plan = _borrow_all(out, launch_stream, [out, q, key_cache, value_cache, block_tables, cu_seqlens_q,
+    *args, plan = _borrow_all(out, stream, launch_stream, [out, q, key_cache, value_cache, block_tables, cu_seqlens_q,
                                             cache_seqlens, sinks, plan])
     cuda_module().paged_attention(*args, sliding_window=sliding_window, causal=causal,
                                   softmax_scale=softmax_scale, stream=launch_stream, plan=plan)
@@ -152,7 +153,7 @@ def plan(plan_out, q_or_qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
     step with the same sliding_window / causal (and RoPE tables given or not), so they do not
     synchronize. q_or_qkv: the step's qkv or q [rows, Hq, D]."""
     launch_stream = _stream(plan_out, stream)
-    args = _borrow_all(plan_out, launch_stream, [plan_out, q_or_qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
+    args = _borrow_all(plan_out, stream, launch_stream, [plan_out, q_or_qkv, key_cache, value_cache, block_tables, cu_seqlens_q,
                                           cache_seqlens, rotary_cos, rotary_sin])
     cuda_module().plan(*args, rotary_dim=rotary_dim, sliding_window=sliding_window, causal=causal,
                        stream=launch_stream)

@@ -166,31 +166,6 @@ def test_to_static_infers_shapes_with_dynamic_rows(cpu_runner):
     assert list(out.shape) == [case.rows, case.num_q_heads * case.v_head_dim]
 
 
-def test_legacy_static_program(run_python):
-    """The ops in a pre-PIR static Program run by an Executor (FLAGS_enable_pir_api=0)."""
-    out = run_python("""
-        import os
-        os.environ["FLAGS_enable_pir_api"] = "0"
-        import numpy as np, paddle, cases
-        from paddle_gqa import ops
-        case = cases.build_step(num_q_heads=6, num_kv_heads=2, head_dim=64, v_head_dim=64, block_size=16,
-                                dtype="float32", layout=[(20, 1), (3, 7)], rope="neox", seed=3)
-        feed = dict(qkv=case.qkv.astype(np.float32), kc=case.key_cache.astype(np.float32),
-                    vc=case.value_cache.astype(np.float32), bt=case.block_tables, cu=case.cu_seqlens_q,
-                    cs=case.cache_seqlens, cos=case.rotary_cos, sin=case.rotary_sin)
-        paddle.enable_static()
-        main = paddle.static.Program()
-        with paddle.static.program_guard(main):
-            v = {k: paddle.static.data(k, a.shape, str(a.dtype)) for k, a in feed.items()}
-            out = ops.append_attention(v["qkv"], v["kc"], v["vc"], v["bt"], v["cu"], v["cs"], v["cos"], v["sin"])
-        got, = paddle.static.Executor(paddle.CPUPlace()).run(main, feed=feed, fetch_list=[out])
-        ref, _, _ = case.ref_append_attention()
-        cases.check_output(case, got.astype(np.float64), ref)
-        print("legacy static ok", got.shape)
-    """)
-    assert "legacy static ok (8, 384)" in out
-
-
 def _bad_inputs(cpu_runner, case):
     """(description, tensors, expected words in the message) of inputs the ops must refuse."""
     good = cpu_runner.load(case)

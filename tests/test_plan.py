@@ -248,9 +248,11 @@ def test_to_static_with_a_plan(cpu_runner, fn, full_graph):
     assert np.array_equal(kb, r.bits(bad["key_cache"]))
 
 
-def test_legacy_static_program_with_a_plan(run_python):
-    """plan and an op taking it (an optional input registered as plan@OPTIONAL) in a pre-PIR Program."""
-    out = run_python("""
+@pytest.mark.parametrize("with_plan", [False, True], ids=["no_plan", "plan"])
+def test_legacy_static_program(run_python, with_plan):
+    """append_attention in a pre-PIR static Program run by an Executor (FLAGS_enable_pir_api=0),
+    alone and after a plan it takes (an optional input registered as plan@OPTIONAL)."""
+    out = run_python(f"""
         import os
         os.environ["FLAGS_enable_pir_api"] = "0"
         import numpy as np, paddle, cases
@@ -263,16 +265,18 @@ def test_legacy_static_program_with_a_plan(run_python):
         paddle.enable_static()
         main = paddle.static.Program()
         with paddle.static.program_guard(main):
-            v = {k: paddle.static.data(k, a.shape, str(a.dtype)) for k, a in feed.items()}
+            v = {{k: paddle.static.data(k, a.shape, str(a.dtype)) for k, a in feed.items()}}
             step = [v["qkv"], v["kc"], v["vc"], v["bt"], v["cu"], v["cs"], v["cos"], v["sin"]]
-            plan = ops.plan(*step)
+            plan = ops.plan(*step) if {with_plan} else None
             out = ops.append_attention(*step, plan=plan)
-        got, words = paddle.static.Executor(paddle.CPUPlace()).run(main, feed=feed, fetch_list=[out, plan])
+        fetch = [out] + ([plan] if plan is not None else [])
+        got, *words = paddle.static.Executor(paddle.CPUPlace()).run(main, feed=feed, fetch_list=fetch)
         ref, _, _ = case.ref_append_attention()
         cases.check_output(case, got.astype(np.float64), ref)
-        print("legacy static plan ok", got.shape, words.tolist())
+        print("legacy static ok", got.shape, [w.tolist() for w in words])
     """)
-    assert f"legacy static plan ok (8, 384) [{MAGIC}, 2, 8, 16, 0, 1, 1, 0]" in out
+    words = f"[[{MAGIC}, 2, 8, 16, 0, 1, 1, 0]]" if with_plan else "[]"
+    assert f"legacy static ok (8, 384) {words}" in out
 
 
 def test_custom_op_backend_makes_one_plan_per_step_group_and_mask(cpu_runner):
