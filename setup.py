@@ -147,6 +147,8 @@ if WITH_CUDA:
     # The same code-generation flags as scripts/build_cuda.py (the DLPack module), so both builds
     # run identical kernels.
     nvcc_flags = ["-O3", "-std=c++17", "-DNDEBUG", "--expt-relaxed-constexpr"] + common_defines + archs
+    if any(f.endswith("code=sm_90a") for f in archs):
+        nvcc_flags.append("-DPGQA_BUILD_SM90A")  # the Hopper prefill kernel is built (attention dispatch)
     if len(archs) > 1:
         nvcc_flags.append(f"--threads={len(archs)}")
     if major >= 13:

@@ -49,6 +49,8 @@ def gencode_flags(arch: str) -> list:
         if not re.fullmatch(r"\d+[af]?", a):
             sys.exit(f"build_cuda.py: --arch {arch!r}: expected compute capabilities like 90a or 90a,80")
         flags.append(f"-gencode=arch=compute_{a},code=sm_{a}")
+    if any(a.strip() == "90a" for a in arch.split(",")):
+        flags.append("-DPGQA_BUILD_SM90A")  # the Hopper prefill kernel is built (attention dispatch)
     return flags
 
 

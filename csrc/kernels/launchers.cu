@@ -1,9 +1,14 @@
 // The CUDA launchers of launchers.h: step check -> RoPE/cache write -> attention, on the caller's
 // stream, with the device-side error record read back once per call outside graph capture, or
-// once per step by plan_step when the ops are given its plan (plan.h).
+// once per step by plan_step when the ops are given its plan (plan.h). Before attention the step
+// check also writes the tile maps (no planner launch); on sm_90 the attention kernels are
+// programmatic dependent launches, and a batch that may mix prefill and decode slots runs its two
+// attention launches side by side on the device's side stream (workspace.h).
 #include "paddle_gqa/launchers.h"
 
 #include <cstddef>
+#include <cstdlib>
+#include <cstring>
 
 #include "attention/attention.h"
 #include "cuda_check.h"
@@ -125,6 +130,30 @@ void end_call(const CallContext& c) {
   if (!c.defer) finish_call(c.state, c.capturing, c.stream);
 }
 
+// Launch knobs for measurements, read per call: PADDLE_GQA_PDL=0 turns programmatic dependent
+// launches off, PADDLE_GQA_CONCURRENT=0 keeps a mixed batch's two attention launches on one stream,
+// PADDLE_GQA_SIDE_PRIORITY=0 runs the side launch at the default stream priority instead of the
+// highest. Outside CUDA graphs (which ignore stream priorities) the highest lets the prefill tiles
+// take the SMs before the decode tiles, which then fill those the prefill's last wave leaves idle.
+bool knob_on(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+// The attention's launch options of a call whose step check wrote the tile maps.
+AttentionLaunchOptions attention_options(const CallContext& c) {
+  AttentionLaunchOptions o;
+  o.tile_maps_written = true;
+  o.pdl = compute_major(c.device) >= 9 && knob_on("PADDLE_GQA_PDL");
+  if (knob_on("PADDLE_GQA_CONCURRENT")) {
+    const SideStream side = side_stream(c.device);
+    o.side = knob_on("PADDLE_GQA_SIDE_PRIORITY") ? side.high : side.normal;
+    o.fork = side.fork;
+    o.join = side.join;
+  }
+  return o;
+}
+
 // One thread writes the plan's words, the error word from the check that ran just before it on
 // the same stream (so a captured plan records what each replay found).
 __global__ void write_plan_kernel(PlanWords words, int32_t* plan, const StepError* error) {
@@ -155,12 +184,13 @@ void paged_attention(const ProblemShape& shape, const TensorView& q, const StepI
   const int sms = num_sms(c.device);
   const size_t attn_bytes = attention_workspace_bytes(shape, sms);
   void* ws = workspace(c.device, attn_bytes, c.capturing);
+  const attn::TileMapJob maps = attention_tile_maps(shape, ws, sms);
   launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*checks_positions=*/false), c.state, c.defer,
-                    c.stream);
+                    c.stream, shape.rows > 0 ? &maps : nullptr);
   const int64_t d = shape.head_dim;
   const AttentionInputs in = make_attention_inputs(shape, q.data, int64_t(shape.num_q_heads) * d, d, step, mask,
                                                    out, &c.state->current);
-  if (shape.rows > 0) run_attention(shape, in, ws, attn_bytes, sms, c.stream);
+  if (shape.rows > 0) run_attention(shape, in, ws, attn_bytes, sms, c.stream, attention_options(c));
   end_call(c);
 }
 
@@ -177,12 +207,13 @@ void append_attention(const ProblemShape& shape, const TensorView& qkv, const St
   const size_t q_bytes = align_up(size_t(shape.rows) * size_t(q_row) * size_t(dtype_bytes(shape.dtype)));
   const size_t attn_bytes = attention_workspace_bytes(shape, sms);
   char* ws = static_cast<char*>(workspace(c.device, q_bytes + attn_bytes, c.capturing));
+  const attn::TileMapJob maps = attention_tile_maps(shape, ws + q_bytes, sms);
   launch_step_check(make_step_data(shape, step, /*checks_reads=*/true, /*checks_positions=*/true), c.state, c.defer,
-                    c.stream);
+                    c.stream, shape.rows > 0 ? &maps : nullptr);
   launch_rope_write_cache(make_rope_params(shape, qkv, step, rope, ws, &c.state->current), c.stream);
   const AttentionInputs in = make_attention_inputs(shape, ws, q_row, shape.head_dim, step, mask, out,
                                                    &c.state->current);
-  if (shape.rows > 0) run_attention(shape, in, ws + q_bytes, attn_bytes, sms, c.stream);
+  if (shape.rows > 0) run_attention(shape, in, ws + q_bytes, attn_bytes, sms, c.stream, attention_options(c));
   end_call(c);
 }
 

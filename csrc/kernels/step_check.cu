@@ -1,7 +1,8 @@
 // The step-check kernel: one warp per slot runs the rules of step_rules.h and the last CTA publishes
-// the error of the lowest failing slot.
+// the error of the lowest failing slot and (when asked) writes the tile maps.
 #include "step_check.cuh"
 
+#include "attention/planner.cuh"
 #include "cuda_check.h"
 
 namespace paddle_gqa::cuda {
@@ -41,39 +42,60 @@ __device__ bool slot_passes(const StepData& s, int64_t b, int lane) {
 }
 
 __global__ void __launch_bounds__(kWarpsPerCta * 32)
-step_check_kernel(StepData s, StepErrorState* state, bool keep_sticky) {
+step_check_kernel(StepData s, StepErrorState* state, bool keep_sticky, attn::TileMapJob maps, bool write_maps) {
+  attn::pdl_launch_dependents();
+  __shared__ int32_t cta_first_bad;  // the CTA's lowest failing slot
+  __shared__ bool is_last;
+  if (threadIdx.x == 0) cta_first_bad = kNoBadSlot;
+  __syncthreads();
   const int lane = threadIdx.x % 32;
   const int64_t b = int64_t(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
   if (b < s.batch && !slot_passes(s, b, lane) && lane == 0) {
-    if (check_slot(s, b).code != 0) atomicMin(&state->first_bad_slot, int32_t(b));
+    if (check_slot(s, b).code != 0) atomicMin(&cta_first_bad, int32_t(b));
   }
+  __syncthreads();
 
-  // Last-CTA publication: the CTA that finishes last sees every atomicMin of the others.
-  __shared__ bool is_last;
-  __syncthreads();
+  // Publication by the CTA that finishes last, which sees every other CTA's atomicMin. A grid of
+  // one CTA (B <= kWarpsPerCta) is its own last CTA and needs no global atomics.
+  int32_t first = kNoBadSlot;
   if (threadIdx.x == 0) {
-    __threadfence();
-    is_last = atomicAdd(&state->ctas_done, 1u) == gridDim.x - 1;
+    if (gridDim.x == 1) {
+      is_last = true;
+      first = cta_first_bad;
+    } else {
+      if (cta_first_bad != kNoBadSlot) atomicMin(&state->first_bad_slot, cta_first_bad);
+      __threadfence();
+      is_last = atomicAdd(&state->ctas_done, 1u) == gridDim.x - 1;
+      if (is_last) {
+        __threadfence();
+        first = atomicAdd(&state->first_bad_slot, 0);
+        state->first_bad_slot = kNoBadSlot;
+        state->ctas_done = 0;
+      }
+    }
   }
   __syncthreads();
-  if (!is_last || threadIdx.x != 0) return;
-  __threadfence();
-  const int32_t first = atomicAdd(&state->first_bad_slot, 0);
-  const StepError e = first == kNoBadSlot ? check_empty_step(s) : check_slot(s, first);
-  state->current = e;
-  if (keep_sticky && e.code != 0 && state->sticky.code == 0) state->sticky = e;
-  state->first_bad_slot = kNoBadSlot;
-  state->ctas_done = 0;
-  __threadfence();
+  if (!is_last) return;
+  if (threadIdx.x == 0) {
+    const StepError e = first == kNoBadSlot ? check_empty_step(s) : check_slot(s, first);
+    state->current = e;
+    if (keep_sticky && e.code != 0 && state->sticky.code == 0) state->sticky = e;
+  }
+  // The maps are scratch that no kernel reads once the check failed (they all return on the error
+  // record first), so they are written either way, by the whole CTA while thread 0 publishes.
+  if (write_maps) attn::build_tile_maps<kWarpsPerCta * 32>(maps, s.cu_seqlens_q, int(s.batch));
 }
 
 }  // namespace
 
-void launch_step_check(const StepData& data, StepErrorState* state, bool keep_sticky, cudaStream_t stream) {
+void launch_step_check(const StepData& data, StepErrorState* state, bool keep_sticky, cudaStream_t stream,
+                       const attn::TileMapJob* maps) {
   // At least one CTA, so a step with B = 0 still publishes a cleared record.
   const int64_t ctas = data.batch > 0 ? (data.batch + kWarpsPerCta - 1) / kWarpsPerCta : 1;
   PGQA_CHECK_ARG(ctas <= 0x7fffffff, "batch ", data.batch, " is too large for the step check");
-  step_check_kernel<<<unsigned(ctas), kWarpsPerCta * 32, 0, stream>>>(data, state, keep_sticky);
+  step_check_kernel<<<unsigned(ctas), kWarpsPerCta * 32, 0, stream>>>(data, state, keep_sticky,
+                                                                      maps != nullptr ? *maps : attn::TileMapJob{},
+                                                                      maps != nullptr);
   PGQA_CUDA_CHECK_LAUNCH("step_check_kernel");
 }
 

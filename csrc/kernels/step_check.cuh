@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include "attention/attention_params.h"
 #include "paddle_gqa/step_rules.h"
 
 namespace paddle_gqa::cuda {
@@ -34,6 +35,10 @@ __device__ __forceinline__ bool step_failed(const StepError* error) {
 
 // Checks every slot of `data` and publishes the first error (lowest slot) in state->current, also in
 // state->sticky when `keep_sticky` (graph capture) and no sticky error is pending. Asynchronous.
-void launch_step_check(const StepData& data, StepErrorState* state, bool keep_sticky, cudaStream_t stream);
+// With `maps`, the CTA that publishes also writes the attention's tile maps (the planner's work, so
+// the attention needs no planner launch); after a failed check no kernel reads them. The kernel lets programmatic dependent
+// launches after it start at once (they wait for its completion before reading anything).
+void launch_step_check(const StepData& data, StepErrorState* state, bool keep_sticky, cudaStream_t stream,
+                       const attn::TileMapJob* maps = nullptr);
 
 }  // namespace paddle_gqa::cuda

@@ -12,7 +12,9 @@ namespace {
 
 struct DeviceState {
   int num_sms = 0;
+  int major = 0;
   StepErrorState* error = nullptr;
+  SideStream side;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   bool workspace_captured = false;  // a graph captured with this buffer may still replay
@@ -72,8 +74,31 @@ StepErrorState* step_error_state(int device, bool capturing) {
     PGQA_CUDA_CHECK(cudaMalloc(&ptr, sizeof(StepErrorState)));
     PGQA_CUDA_CHECK(cudaMemcpy(ptr, &init, sizeof(StepErrorState), cudaMemcpyHostToDevice));
     s.error = static_cast<StepErrorState*>(ptr);
+    int least = 0, greatest = 0;
+    PGQA_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    PGQA_CUDA_CHECK(cudaStreamCreateWithPriority(&s.side.high, cudaStreamNonBlocking, greatest));
+    PGQA_CUDA_CHECK(cudaStreamCreateWithPriority(&s.side.normal, cudaStreamNonBlocking, least));
+    PGQA_CUDA_CHECK(cudaEventCreateWithFlags(&s.side.fork, cudaEventDisableTiming));
+    PGQA_CUDA_CHECK(cudaEventCreateWithFlags(&s.side.join, cudaEventDisableTiming));
   }
   return s.error;
+}
+
+SideStream side_stream(int device) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  const DeviceState& s = state_locked(device);
+  if (s.side.high == nullptr) {
+    throw RuntimeFailure(str("paddle_gqa: the side stream of CUDA device ", device,
+                             " is created with the error record: call step_error_state first"));
+  }
+  return s.side;
+}
+
+int compute_major(int device) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  DeviceState& s = state_locked(device);
+  if (s.major == 0) PGQA_CUDA_CHECK(cudaDeviceGetAttribute(&s.major, cudaDevAttrComputeCapabilityMajor, device));
+  return s.major;
 }
 
 StepErrorState* existing_step_error_state(int device) {

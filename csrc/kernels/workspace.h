@@ -1,5 +1,5 @@
 // Per-device state the CUDA launchers keep between calls: the step-error record, a scratch
-// workspace that grows only outside graph capture, and the multiprocessor count.
+// workspace that grows only outside graph capture, a side stream, and device attributes.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +31,21 @@ int num_sms(int device);
 // The device's step-error record, allocated on first use. The first use must not be under graph
 // capture (allocation is not capturable): that throws a RuntimeFailure that says so.
 StepErrorState* step_error_state(int device, bool capturing);
+
+// Second streams of the device (non-blocking; one at the highest priority, one at the default)
+// with two events, on which one launch of a call runs beside the call's stream (forked and joined
+// within the call). Created with the error record by step_error_state's first use (never under
+// capture), which must come first.
+struct SideStream {
+  cudaStream_t high = nullptr;
+  cudaStream_t normal = nullptr;
+  cudaEvent_t fork = nullptr;
+  cudaEvent_t join = nullptr;
+};
+SideStream side_stream(int device);
+
+// The compute capability's major number of `device`, read once.
+int compute_major(int device);
 
 // The device's step-error record if it exists, else nullptr (check_errors needs nothing allocated).
 StepErrorState* existing_step_error_state(int device);

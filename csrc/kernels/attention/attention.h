@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "attention_params.h"
 #include "paddle_gqa/op_args.h"
 #include "paddle_gqa/step_rules.h"
 
@@ -30,10 +31,28 @@ size_t attention_workspace_bytes(const ProblemShape& shape, int num_sms);
 // before anything is written.
 void require_attention_kernel(const ProblemShape& shape, int device);
 
+// Where the tile maps of run_attention's call go in `workspace` (same shape, workspace and num_sms),
+// so that a kernel enqueued before it (the step check's last CTA) writes them and run_attention
+// need not launch its planner kernel (AttentionLaunchOptions::tile_maps_written).
+attn::TileMapJob attention_tile_maps(const ProblemShape& shape, void* workspace, int num_sms);
+
+// How run_attention launches beyond the defaults (its own planner kernel, plain launches, one stream).
+struct AttentionLaunchOptions {
+  bool tile_maps_written = false;  // a kernel enqueued before wrote attention_tile_maps' maps
+  bool pdl = false;                // programmatic dependent launches (sm_90): each kernel's launch
+                                   // overlaps the tail of the one before it on the stream
+  cudaStream_t side = nullptr;     // a second stream, with two events, on which the prefill launch
+  cudaEvent_t fork = nullptr;      // of a batch that may mix prefill and decode slots runs beside the
+  cudaEvent_t join = nullptr;      // decode launch (forked and joined within the call)
+};
+
 // Plans (on the device: tile map, per-slot split counts) and runs the attention; no host sync, no
 // allocation; graph-capturable. q strides must be multiples of 8 elements, all pointers 16-byte
 // aligned, workspace at least attention_workspace_bytes(shape, num_sms) bytes, 256-byte aligned.
+// Launches: the planner (unless options.tile_maps_written), the prefill and decode tiles (each
+// only when the host cannot rule its slots out), the split merge only when splits may exist.
 void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* workspace,
-                   size_t workspace_bytes, int num_sms, cudaStream_t stream);
+                   size_t workspace_bytes, int num_sms, cudaStream_t stream,
+                   const AttentionLaunchOptions& options = AttentionLaunchOptions{});
 
 }  // namespace paddle_gqa::cuda

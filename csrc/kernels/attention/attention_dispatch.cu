@@ -1,5 +1,6 @@
 // run_attention: validates the kernel-side preconditions, fills AttentionParams, and launches the
-// tile planner, the attention kernel of the (dtype, D, Dv, group) key and the split merge.
+// tile planner (unless the step check wrote the maps), the attention kernels of the (dtype, D, Dv,
+// group) key and, when splits may exist, the split merge.
 #include "attention.h"
 
 #include <algorithm>
@@ -96,8 +97,12 @@ size_t attention_workspace_bytes(const ProblemShape& shape, int num_sms) {
   return attn::make_launch_plan(shape, num_sms).workspace_bytes;
 }
 
+attn::TileMapJob attention_tile_maps(const ProblemShape& shape, void* workspace, int num_sms) {
+  return attn::tile_map_job(attn::make_launch_plan(shape, num_sms), shape.group, workspace);
+}
+
 void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* workspace,
-                   size_t workspace_bytes, int num_sms, cudaStream_t stream) {
+                   size_t workspace_bytes, int num_sms, cudaStream_t stream, const AttentionLaunchOptions& options) {
   PGQA_CHECK_ARG(shape.dtype == DType::kFloat16 || shape.dtype == DType::kBFloat16,
                  "CUDA paged attention takes float16 or bfloat16, got ", dtype_name(shape.dtype));
   PGQA_CHECK_ARG(shape.block_size > 0 && (shape.block_size & (shape.block_size - 1)) == 0,
@@ -110,13 +115,14 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
                  in.q_head_stride, " elements; expected multiples of 8)");
   PGQA_CHECK_ARG(aligned16(in.k_cache) && aligned16(in.v_cache) && aligned16(in.out),
                  "key_cache, value_cache and out must be 16-byte aligned");
-  const LaunchPlan plan = attn::make_launch_plan(shape, num_sms);
+  LaunchPlan plan = attn::make_launch_plan(shape, num_sms);
   PGQA_CHECK_ARG(workspace_bytes >= plan.workspace_bytes && (reinterpret_cast<uintptr_t>(workspace) & 255u) == 0,
                  "attention workspace of ", workspace_bytes, " bytes at ", workspace, " is too small or misaligned (",
                  "expected >= ", plan.workspace_bytes, " bytes, 256-byte aligned)");
   const Launcher launch = find_launcher(shape);
   if (shape.rows == 0) return;
 
+  const attn::TileMapJob maps = attn::tile_map_job(plan, shape.group, workspace);
   auto* ws = static_cast<unsigned char*>(workspace);
   AttentionParams p{};
   p.q = in.q;
@@ -131,8 +137,8 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.sinks = shape.has_sinks ? in.sinks : nullptr;
   p.out = in.out;
   p.error = in.error;
-  p.prefill_tile_start = reinterpret_cast<int32_t*>(ws + plan.prefill_tile_start_offset);
-  p.decode_tile_start = reinterpret_cast<int32_t*>(ws + plan.decode_tile_start_offset);
+  p.prefill_tile_start = maps.prefill_tile_start;
+  p.decode_tile_start = maps.decode_tile_start;
   p.tile_start = nullptr;  // set per launch
   p.partial_o = plan.max_splits > 1 ? reinterpret_cast<float*>(ws + plan.partial_o_offset) : nullptr;
   p.partial_lse = plan.max_splits > 1 ? reinterpret_cast<float*>(ws + plan.partial_lse_offset) : nullptr;
@@ -148,15 +154,43 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.prefill_block_m = plan.prefill_block_m;
   p.block_n = attn::kPrefillBlockN;
   p.max_splits = plan.max_splits;
+  p.pad_ctas = 0;  // launch_attention sets it on the decode launch
 
-  attn::launch_tile_planner(p, stream);
-  launch(p, plan, stream);
-  if (shape.dtype == DType::kFloat16) {
-    attn::merge_splits_kernel<half><<<unsigned(shape.rows), attn::kMergeThreads, 0, stream>>>(p, shape.v_head_dim);
-  } else {
-    attn::merge_splits_kernel<__nv_bfloat16><<<unsigned(shape.rows), attn::kMergeThreads, 0, stream>>>(p, shape.v_head_dim);
+  // Without splits no merge runs: the decode launch's leading columns zero the padding rows >= T
+  // instead (a decode launch always runs when rows > 0; with B = 0 it holds only those columns).
+  const int64_t width = int64_t(shape.num_q_heads) * shape.v_head_dim;
+  if (plan.max_splits == 1) {
+    const int64_t zeroing_ctas = std::min<int64_t>(
+        std::max<int64_t>(1, (shape.rows * width + attn::kZeroElemsPerCta - 1) / attn::kZeroElemsPerCta),
+        4 * int64_t(num_sms));
+    plan.pad_ctas = int((zeroing_ctas + shape.num_kv_heads - 1) / shape.num_kv_heads);
   }
-  PGQA_CUDA_CHECK_LAUNCH("merge_splits_kernel");
+  plan.pdl = options.pdl;
+  // Both launches side by side only when prefill slots may hold most of the rows (fewer than
+  // kDecodeBlockM packed rows per slot on average means a decode batch: its prefill launch is
+  // nearly empty and a fork would only add host work) and decode slots may exist beside them.
+  const bool mixed = shape.batch >= 2 && shape.rows * shape.group > shape.batch * attn::kDecodeBlockM &&
+                     plan.prefill_grid_tiles > 0 && plan.decode_grid_tiles > 0;
+  if (options.side != nullptr && mixed) {
+    plan.side = options.side;
+    plan.fork = options.fork;
+    plan.join = options.join;
+  }
+
+  if (!options.tile_maps_written) attn::launch_tile_planner(p, stream);
+  launch(p, plan, stream);
+  if (plan.max_splits > 1) {
+    // After a join the merge waits on two streams: a plain launch.
+    const bool pdl = plan.pdl && plan.side == nullptr;
+    const dim3 grid(unsigned(shape.rows), unsigned(attn::merge_chunks(width)));
+    if (shape.dtype == DType::kFloat16) {
+      attn::launch_kernel("merge_splits_kernel", attn::merge_splits_kernel<half>, grid, dim3(attn::kMergeThreads), 0,
+                          stream, pdl, p, shape.v_head_dim);
+    } else {
+      attn::launch_kernel("merge_splits_kernel", attn::merge_splits_kernel<__nv_bfloat16>, grid,
+                          dim3(attn::kMergeThreads), 0, stream, pdl, p, shape.v_head_dim);
+    }
+  }
 }
 
 }  // namespace paddle_gqa::cuda

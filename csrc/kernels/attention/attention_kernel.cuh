@@ -11,6 +11,8 @@
 
 #include "../cuda_check.h"
 #include "attention_params.h"
+#include "hopper_prefill_kernel.cuh"
+#include "merge_kernel.cuh"
 #include "mma.cuh"
 #include "online_softmax.cuh"
 #include "paged_kv.cuh"
@@ -41,7 +43,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   constexpr int OS = DV + kEpiloguePad;
   static_assert(D % 16 == 0 && DV % 16 == 0, "head dims are multiples of 16");
 
+  pdl_wait();  // the step check (tile maps, error record) and any kernel before this one are done
+  pdl_launch_dependents();
   if (p.error->code != 0) return;
+  // Zeroing columns, when no merge runs after this launch (decode launches only: launch_attention).
+  if (BM == kDecodeBlockM && int(blockIdx.x) < p.pad_ctas) {
+    const int64_t cols = p.pad_ctas;
+    zero_padding_rows<T>(p, DV, blockIdx.x + cols * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z),
+                         cols * gridDim.y * gridDim.z);
+    return;
+  }
   // Reversed so that the last tiles of a slot (under causal masks the longest) start first and the
   // CTAs past the real tile count are the first to exit.
   const int tile = int(gridDim.x) - 1 - int(blockIdx.x);
@@ -294,10 +305,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
 }
 
 template <typename T, int D, int DV, int GROUP, class Cfg>
-void launch_config(const AttentionParams& p, int64_t grid_tiles, cudaStream_t stream) {
+void launch_config(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
   constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
   static_assert(smem <= 227 * 1024, "attention tile exceeds Hopper's 227 KB of shared memory per block");
-  if (grid_tiles <= 0) return;
+  const int64_t columns = grid_tiles + p.pad_ctas;  // the zeroing columns come first
+  if (columns <= 0) return;
   auto kernel = paged_attention_kernel<T, D, DV, GROUP, Cfg>;
   // The attribute is per device; set it on a device's first launch (a host call, capture-safe).
   static std::atomic<bool> smem_raised[kMaxDevices];
@@ -307,20 +319,46 @@ void launch_config(const AttentionParams& p, int64_t grid_tiles, cudaStream_t st
     PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (device < kMaxDevices) smem_raised[device].store(true, std::memory_order_release);
   }
-  const dim3 grid(unsigned(grid_tiles), unsigned(p.max_splits), unsigned(p.num_kv_heads));
-  kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
-  PGQA_CUDA_CHECK_LAUNCH("paged_attention_kernel");
+  const dim3 grid(unsigned(columns), unsigned(p.max_splits), unsigned(p.num_kv_heads));
+  launch_kernel("paged_attention_kernel", kernel, grid, dim3(Cfg::kThreads), smem, stream, pdl, p);
 }
 
-// Runs both configs, each over its own tile map; the planner ran before and the merge runs after.
+// The prefill tiles: the Hopper kernel where the plan chose it (sm_90a build on an sm_90 device,
+// head dims it takes), else the mma.sync PrefillConfig.
+template <typename T, int D, int DV, int GROUP>
+void launch_prefill(const AttentionParams& p, const LaunchPlan& plan, bool pdl, cudaStream_t stream) {
+  if (plan.hopper_prefill) {
+    launch_hopper_prefill<T, D, DV, GROUP>(p, plan.prefill_grid_tiles, pdl, stream);
+  } else {
+    launch_config<T, D, DV, GROUP, PrefillConfig<D, DV>>(p, plan.prefill_grid_tiles, pdl, stream);
+  }
+}
+
+// Runs both configs, each over its own tile map (the step check or the planner wrote the maps
+// before; the merge, when splits exist, runs after). The prefill launch goes first, so that its
+// long tiles start first. With plan.side, it runs on that stream instead, forked after everything
+// enqueued so far and joined back before returning, beside the decode launch: decode CTAs then fill
+// the SMs the prefill's last wave leaves idle. The decode launch zeroes the padding rows when
+// plan.pad_ctas > 0.
 template <typename T, int D, int DV, int GROUP>
 void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream) {
-  AttentionParams decode = p;
-  decode.tile_start = p.decode_tile_start;
-  launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(decode, plan.decode_grid_tiles, stream);
   AttentionParams prefill = p;
   prefill.tile_start = p.prefill_tile_start;
-  launch_config<T, D, DV, GROUP, PrefillConfig<D, DV>>(prefill, plan.prefill_grid_tiles, stream);
+  prefill.pad_ctas = 0;
+  AttentionParams decode = p;
+  decode.tile_start = p.decode_tile_start;
+  decode.pad_ctas = plan.pad_ctas;
+  if (plan.side != nullptr) {
+    PGQA_CUDA_CHECK(cudaEventRecord(plan.fork, stream));
+    PGQA_CUDA_CHECK(cudaStreamWaitEvent(plan.side, plan.fork, 0));
+    launch_prefill<T, D, DV, GROUP>(prefill, plan, false, plan.side);
+    launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(decode, plan.decode_grid_tiles, false, stream);
+    PGQA_CUDA_CHECK(cudaEventRecord(plan.join, plan.side));
+    PGQA_CUDA_CHECK(cudaStreamWaitEvent(stream, plan.join, 0));
+    return;
+  }
+  launch_prefill<T, D, DV, GROUP>(prefill, plan, plan.pdl, stream);
+  launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(decode, plan.decode_grid_tiles, plan.pdl, stream);
 }
 
 }  // namespace paddle_gqa::cuda::attn

@@ -40,6 +40,18 @@ struct AttentionParams {
   int prefill_block_m;          // q rows per prefill tile (the planner's tile unit for prefill slots)
   int block_n;                  // keys per KV tile (both configs)
   int max_splits;               // KV splits per tile (gridDim.y); 1 = every tile writes out directly
+  int pad_ctas;                 // leading blockIdx.x columns that zero the padding rows >= T instead of
+                                // running a tile (set on one launch when no merge runs; 0 elsewhere)
+};
+
+// Where the tile maps of a call go and how slots are tiled: filled on the host by
+// attention_tile_maps (attention.h), consumed on the device by build_tile_maps (planner.cuh), either
+// in the tile planner kernel or in the last CTA of the step check that precedes the attention.
+struct TileMapJob {
+  int32_t* prefill_tile_start;  // workspace [B+1]
+  int32_t* decode_tile_start;   // workspace [B+1]
+  int group;                    // G
+  int prefill_block_m;          // packed rows per prefill tile
 };
 
 }  // namespace paddle_gqa::cuda::attn

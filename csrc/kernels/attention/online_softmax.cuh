@@ -38,28 +38,54 @@ struct OnlineSoftmax {
   __device__ __forceinline__ void update(float (&s)[NB][4], float (&o)[NO][4], float c) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      float xmax = -INFINITY;
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) xmax = fmaxf(xmax, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
-      xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, 1));
-      xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, 2));
-      const float mx = fmaxf(m[i], xmax * c);
-      const float base = mx == -INFINITY ? 0.f : mx;
-      const float alpha = fast_exp2(m[i] - base);
-      m[i] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        s[nb][2 * i] = fast_exp2(fmaf(s[nb][2 * i], c, -base));
-        s[nb][2 * i + 1] = fast_exp2(fmaf(s[nb][2 * i + 1], c, -base));
-        sum += s[nb][2 * i] + s[nb][2 * i + 1];
-      }
-      l[i] = l[i] * alpha + sum;
+      const float alpha = update_row(i, s, c);
 #pragma unroll
       for (int no = 0; no < NO; ++no) {
         o[no][2 * i] *= alpha;
         o[no][2 * i + 1] *= alpha;
       }
+    }
+  }
+
+  // The score half of update: m, l and s advance; the factor o must be multiplied by is returned
+  // in alpha (a kernel whose o is still being accumulated asynchronously applies it later, rescale).
+  template <int NB>
+  __device__ __forceinline__ void update_scores(float (&s)[NB][4], float c, float (&alpha)[2]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) alpha[i] = update_row(i, s, c);
+  }
+
+  // Row i's step of update_scores; returns its alpha.
+  template <int NB>
+  __device__ __forceinline__ float update_row(int i, float (&s)[NB][4], float c) {
+    float xmax = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) xmax = fmaxf(xmax, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
+    xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, 1));
+    xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, 2));
+    const float mx = fmaxf(m[i], xmax * c);
+    const float base = mx == -INFINITY ? 0.f : mx;
+    const float alpha = fast_exp2(m[i] - base);
+    m[i] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      s[nb][2 * i] = fast_exp2(fmaf(s[nb][2 * i], c, -base));
+      s[nb][2 * i + 1] = fast_exp2(fmaf(s[nb][2 * i + 1], c, -base));
+      sum += s[nb][2 * i] + s[nb][2 * i + 1];
+    }
+    l[i] = l[i] * alpha + sum;
+    return alpha;
+  }
+
+  template <int NO>
+  __device__ __forceinline__ static void rescale(float (&o)[NO][4], const float (&alpha)[2]) {
+#pragma unroll
+    for (int no = 0; no < NO; ++no) {
+      o[no][0] *= alpha[0];
+      o[no][1] *= alpha[0];
+      o[no][2] *= alpha[1];
+      o[no][3] *= alpha[1];
     }
   }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "../cuda_check.h"
+#include "hopper_prefill.h"
 #include "tile_size.h"
 
 namespace paddle_gqa::cuda::attn {
@@ -20,13 +21,17 @@ constexpr int kSmemReservedPerCta = 1024;
 
 // CTAs of one config resident on one SM: bounded by shared memory, and by registers (prefill
 // kernels use up to 255 per thread; decode kernels about 128 for Dv <= 128).
-int resident_ctas_per_sm(bool decode, const ProblemShape& shape) {
+int resident_ctas_per_sm(bool decode, bool hopper_prefill, const ProblemShape& shape) {
   const int d = shape.head_dim, dv = shape.v_head_dim;
   int smem, threads, regs;
   if (decode) {
     smem = decode_smem_bytes(d, dv);
     threads = 32 * kDecodeWarpsN;
     regs = dv <= 128 ? 128 : 256;
+  } else if (hopper_prefill) {
+    smem = hopper_prefill_smem_bytes(d, dv);
+    threads = HopperPrefillTile::kThreads;
+    regs = 256;
   } else {
     smem = prefill_smem_bytes(d, dv);
     threads = 32 * kPrefillWarps;
@@ -56,61 +61,9 @@ int choose_max_splits(int64_t ctas, int64_t resident) {
 
 constexpr int kPlannerThreads = 1024;
 
-// Exclusive prefix sums of count(b) over the B slots into out[0..B] (out[B] = total), by one
-// CTA of kPlannerThreads threads in chunks of kPlannerThreads slots.
-template <class Count>
-__device__ void block_prefix_sums(int batch, Count count_of, int32_t* out) {
-  __shared__ int64_t warp_sums[kPlannerThreads / 32];
-  __shared__ int64_t carry;
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  if (tid == 0) carry = 0;
-  __syncthreads();
-  for (int base = 0; base < batch; base += kPlannerThreads) {
-    const int b = base + tid;
-    const int64_t count = b < batch ? count_of(b) : 0;
-    int64_t incl = count;  // inclusive scan within the warp
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int64_t v = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += v;
-    }
-    if (lane == 31) warp_sums[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-      const int64_t w = warp_sums[lane];
-      int64_t winc = w;
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const int64_t v = __shfl_up_sync(0xffffffffu, winc, off);
-        if (lane >= off) winc += v;
-      }
-      warp_sums[lane] = winc - w;  // exclusive prefix of each warp
-    }
-    __syncthreads();
-    const int64_t excl = carry + warp_sums[warp] + incl - count;
-    if (b < batch) out[b] = int32_t(excl);
-    __syncthreads();
-    if (tid == kPlannerThreads - 1) carry = excl + count;
-    __syncthreads();
-  }
-  if (tid == 0) out[batch] = int32_t(carry);
-  __syncthreads();
-}
-
-__global__ void __launch_bounds__(kPlannerThreads) tile_planner_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(kPlannerThreads) tile_planner_kernel(const AttentionParams p, const TileMapJob job) {
   if (p.error->code != 0) return;
-  const int* cu = p.cu_seqlens_q;
-  const int g = p.group;
-  const int bm = p.prefill_block_m;
-  block_prefix_sums(p.batch, [=](int b) -> int64_t {
-    const int64_t n = cu[b + 1] - cu[b];
-    return n > 0 && !is_decode_slot(n, g) ? (n * g + bm - 1) / bm : 0;
-  }, p.prefill_tile_start);
-  block_prefix_sums(p.batch, [=](int b) -> int64_t {
-    return is_decode_slot(cu[b + 1] - cu[b], g) ? 1 : 0;
-  }, p.decode_tile_start);
+  build_tile_maps<kPlannerThreads>(job, p.cu_seqlens_q, p.batch);
 }
 
 }  // namespace
@@ -120,12 +73,16 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   const int64_t rows = shape.rows;
   const int64_t batch = shape.batch;
   const int64_t g = shape.group;
-  plan.prefill_block_m = prefill_block_m(shape.v_head_dim);
+  // Prefill tiles run the Hopper kernel (128 rows) where the device and the head dims allow.
+  plan.hopper_prefill = use_hopper_prefill(shape);
+  plan.prefill_block_m = plan.hopper_prefill ? HopperPrefillTile::kBlockM : prefill_block_m(shape.v_head_dim);
   // A decode slot holds at least one row; a prefill slot more than kDecodeBlockM / G rows.
   const int64_t max_decode_slots = std::min(rows, batch);
   const int64_t max_prefill_slots = std::min(batch, rows * g / (kDecodeBlockM + 1));
   plan.decode_grid_tiles = max_decode_slots;
-  plan.prefill_grid_tiles = (rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m + max_prefill_slots;
+  // No prefill slot can exist when even all rows in one slot fit a decode tile: no prefill launch.
+  plan.prefill_grid_tiles =
+      max_prefill_slots == 0 ? 0 : (rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m + max_prefill_slots;
   // Splits from the dominant kind of the batch: rows that fit a decode tile per slot on average
   // mean decode slots. At least min(rows, B) tiles exist when every row is a token.
   const bool decode_like = rows * g <= batch * kDecodeBlockM;
@@ -133,7 +90,7 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
                                         : std::max((rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m,
                                                    max_prefill_slots);
   const int64_t ctas = std::max<int64_t>(1, tiles_est * shape.num_kv_heads);
-  plan.max_splits = choose_max_splits(ctas, int64_t(std::max(1, num_sms)) * resident_ctas_per_sm(decode_like, shape));
+  plan.max_splits = choose_max_splits(ctas, int64_t(std::max(1, num_sms)) * resident_ctas_per_sm(decode_like, plan.hopper_prefill, shape));
 
   size_t off = 0;
   plan.prefill_tile_start_offset = off;
@@ -151,8 +108,23 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   return plan;
 }
 
+TileMapJob tile_map_job(const LaunchPlan& plan, int group, void* workspace) {
+  auto* ws = static_cast<unsigned char*>(workspace);
+  TileMapJob job;
+  job.prefill_tile_start = reinterpret_cast<int32_t*>(ws + plan.prefill_tile_start_offset);
+  job.decode_tile_start = reinterpret_cast<int32_t*>(ws + plan.decode_tile_start_offset);
+  job.group = group;
+  job.prefill_block_m = plan.prefill_block_m;
+  return job;
+}
+
 void launch_tile_planner(const AttentionParams& p, cudaStream_t stream) {
-  tile_planner_kernel<<<1, kPlannerThreads, 0, stream>>>(p);
+  TileMapJob job;
+  job.prefill_tile_start = p.prefill_tile_start;
+  job.decode_tile_start = p.decode_tile_start;
+  job.group = p.group;
+  job.prefill_block_m = p.prefill_block_m;
+  tile_planner_kernel<<<1, kPlannerThreads, 0, stream>>>(p, job);
   PGQA_CUDA_CHECK_LAUNCH("tile_planner_kernel");
 }
 

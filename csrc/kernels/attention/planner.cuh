@@ -10,6 +10,7 @@
 
 #include "attention_params.h"
 #include "paddle_gqa/op_args.h"
+#include "tile_size.h"
 
 namespace paddle_gqa::cuda::attn {
 
@@ -21,6 +22,7 @@ inline constexpr int kMaxSplits = 32;
 // planner builds one tile map per config, and one launch per config covers its slots, so a mixed
 // batch (chunked prefill + decodes) runs each part with its own tiling.
 struct LaunchPlan {
+  bool hopper_prefill = false;    // prefill tiles run hopper_prefill_kernel (use_hopper_prefill)
   int prefill_block_m = 0;        // q rows per prefill tile
   int max_splits = 1;             // KV splits per tile (gridDim.y of both launches)
   int64_t prefill_grid_tiles = 0; // bound on prefill tiles (CTAs past the real count exit)
@@ -30,9 +32,22 @@ struct LaunchPlan {
   size_t partial_o_offset = 0;    // fp32 [max_splits][rows*Hq][Dv] (only when max_splits > 1)
   size_t partial_lse_offset = 0;  // fp32 [max_splits][rows*Hq]
   size_t workspace_bytes = 0;
+
+  // How run_attention launches (host-side only; the kernels never read these).
+  int pad_ctas = 0;               // zeroing columns of the decode launch (AttentionParams::pad_ctas)
+  bool pdl = false;               // programmatic dependent launches: the next kernel's launch overlaps
+                                  // this one's tail; every kernel so launched calls pdl_wait() first
+  cudaStream_t side = nullptr;    // non-null: the prefill launch runs on this stream, forked after the
+                                  // step check by `fork` and joined back by `join`, concurrently with
+                                  // the decode launch on the call's stream
+  cudaEvent_t fork = nullptr;
+  cudaEvent_t join = nullptr;
 };
 
 LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms);
+
+// The tile maps' places in a workspace laid out by `plan`, and the tiling they describe.
+TileMapJob tile_map_job(const LaunchPlan& plan, int group, void* workspace);
 
 // One CTA: prefix sums of tiles per slot for both maps: prefill_tile_start[b] sums
 // ceil(n_c * G / prefill_block_m) over prefill slots c < b, decode_tile_start[b] counts the decode
@@ -45,3 +60,110 @@ template <typename T, int D, int DV, int GROUP>
 void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream);
 
 }  // namespace paddle_gqa::cuda::attn
+
+#ifdef __CUDACC__
+#include <utility>
+
+#include "../cuda_check.h"
+
+namespace paddle_gqa::cuda::attn {
+
+// Programmatic dependent launch (sm_90): a kernel launched with programmatic stream serialization
+// may start while the kernel ahead of it on the stream still runs. pdl_wait() blocks until that
+// kernel has completed and its writes are visible, so it comes before any read of what earlier
+// kernels wrote (and, since each kernel waits for the one before, that covers all of them).
+// pdl_launch_dependents() lets the next such kernel start launching. Both are no-ops otherwise.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when
+// `pdl` (the kernel must then call pdl_wait() before reading what earlier kernels wrote).
+template <typename... Params, typename... Args>
+void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, bool pdl, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = pdl ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), name, __FILE__, __LINE__);
+}
+
+// Writes both tile maps of `job` from cu_seqlens_q [B+1] with one CTA of kThreads threads (all of
+// them call it): prefill_tile_start[b] sums ceil(n_c * G / prefill_block_m) over the prefill slots
+// c < b, decode_tile_start[b] counts the decode slots c < b; entry B holds the totals. One pass
+// scans both counts, kThreads slots at a time.
+template <int kThreads>
+__device__ void build_tile_maps(const TileMapJob& job, const int32_t* cu, int batch) {
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, at most 32");
+  constexpr int kWarps = kThreads / 32;
+  __shared__ int2 warp_sums[kWarps];  // (prefill, decode) per warp, then each warp's exclusive prefix
+  __shared__ int2 carry;              // totals of the chunks before this one
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  if (tid == 0) carry = make_int2(0, 0);
+  __syncthreads();
+  for (int base = 0; base < batch; base += kThreads) {
+    const int b = base + tid;
+    int count_p = 0, count_d = 0;
+    if (b < batch) {
+      const int64_t n = int64_t(cu[b + 1]) - cu[b];
+      if (is_decode_slot(n, job.group)) {
+        count_d = 1;
+      } else if (n > 0) {
+        count_p = int((n * job.group + job.prefill_block_m - 1) / job.prefill_block_m);
+      }
+    }
+    int incl_p = count_p, incl_d = count_d;  // inclusive scans within the warp
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int vp = __shfl_up_sync(0xffffffffu, incl_p, off);
+      const int vd = __shfl_up_sync(0xffffffffu, incl_d, off);
+      if (lane >= off) { incl_p += vp; incl_d += vd; }
+    }
+    if (lane == 31) warp_sums[warp] = make_int2(incl_p, incl_d);
+    __syncthreads();
+    if (warp == 0) {
+      const int2 w = lane < kWarps ? warp_sums[lane] : make_int2(0, 0);
+      int wp = w.x, wd = w.y;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int vp = __shfl_up_sync(0xffffffffu, wp, off);
+        const int vd = __shfl_up_sync(0xffffffffu, wd, off);
+        if (lane >= off) { wp += vp; wd += vd; }
+      }
+      if (lane < kWarps) warp_sums[lane] = make_int2(wp - w.x, wd - w.y);
+    }
+    __syncthreads();
+    const int excl_p = carry.x + warp_sums[warp].x + incl_p - count_p;
+    const int excl_d = carry.y + warp_sums[warp].y + incl_d - count_d;
+    if (b < batch) {
+      job.prefill_tile_start[b] = excl_p;
+      job.decode_tile_start[b] = excl_d;
+    }
+    __syncthreads();
+    if (tid == kThreads - 1) carry = make_int2(excl_p + count_p, excl_d + count_d);
+    __syncthreads();
+  }
+  if (tid == 0) {
+    job.prefill_tile_start[batch] = carry.x;
+    job.decode_tile_start[batch] = carry.y;
+  }
+}
+
+}  // namespace paddle_gqa::cuda::attn
+#endif  // __CUDACC__

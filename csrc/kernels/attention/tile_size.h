@@ -89,8 +89,11 @@ static_assert(prefill_smem_bytes(192, 128) == attention_smem_bytes<PrefillConfig
                   decode_smem_bytes(256, 256) == attention_smem_bytes<DecodeConfig<256, 256>, 256, 256>(),
               "the run-time sizes must match the configs the kernels launch with");
 
-// A split covers at least this many KV tiles, so a partial result is worth its merge.
-inline constexpr int kMinTilesPerSplit = 4;
+// A split covers at least this many KV tiles. One: a step with few CTAs (B = 1, short context)
+// is latency-bound, and a CTA per KV tile finishes soonest (H100, B = 1, ctx 512: 4 tiles per split
+// gave 2 splits and a 10.5 us attention launch); max_splits, from the wave count, still caps the
+// splits of every step that has enough CTAs without them.
+inline constexpr int kMinTilesPerSplit = 1;
 
 // Number of KV splits slot b's tiles use: from the keys any of its queries sees (device data),
 // capped by the host-chosen max_splits. The attention kernel and the merge both call this.

@@ -1,0 +1,74 @@
+// Host-side facts of the Hopper (sm_90a) prefill attention kernel (hopper_prefill_kernel.cuh):
+// its tile, the head dims it takes, its shared memory, and when run_attention uses it for the
+// prefill slots of a step instead of the mma.sync PrefillConfig of attention_kernel.cuh.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+
+#include "../cuda_check.h"
+#include "paddle_gqa/op_args.h"
+
+namespace paddle_gqa::cuda::attn {
+
+// CTA: two warpgroups (256 threads), 128 packed q rows (64 per warpgroup), KV tiles of 128 keys,
+// two shared-memory stages.
+struct HopperPrefillTile {
+  static constexpr int kBlockM = 128;
+  static constexpr int kBlockN = 128;
+  static constexpr int kThreads = 256;
+  static constexpr int kStages = 2;
+};
+
+// D: a multiple of 64 up to 192 (K-major panels of 64 elements; Q and two K / V stages fit 227 KB);
+// Dv: 64 or 128 (the fp32 O accumulator, Dv / 2 registers per thread beside the 64 of S).
+constexpr bool hopper_prefill_supports(int d, int dv) { return d % 64 == 0 && d <= 192 && (dv == 64 || dv == 128); }
+
+// Dynamic shared memory: Q [128][D], kStages x (K [128][D] + V [128][Dv]), b16, and 1 KB so the
+// tiles start on a 1024-byte boundary (the swizzle period).
+constexpr int hopper_prefill_smem_bytes(int d, int dv) {
+  return 2 * (HopperPrefillTile::kBlockM * d + HopperPrefillTile::kStages * HopperPrefillTile::kBlockN * (d + dv)) +
+         1024;
+}
+static_assert(hopper_prefill_smem_bytes(192, 128) <= 227 * 1024, "the widest tile fits Hopper's 227 KB");
+
+// Windows narrower than this stay on the mma.sync kernel: its 64-key tiles waste less of a
+// 128-key tile on keys outside a short window (H100, 2 x 8k tokens, W = 128, 192/128: 100 against
+// 94 TFLOP/s; W = 1024, 128/128: 198 against 226 for the Hopper kernel).
+inline constexpr int kHopperMinWindow = 512;
+
+inline constexpr int kMaxHopperDevices = 64;
+
+// Whether `device` runs the Hopper kernel: the build carries sm_90a code (PGQA_BUILD_SM90A, set by
+// the build scripts when 90a is among the targets) and the device is compute capability 9.0, which
+// then loads the sm_90a binary. Cached per device.
+inline bool hopper_prefill_available(int device) {
+#if defined(PGQA_BUILD_SM90A)
+  static std::atomic<int> cached[kMaxHopperDevices];  // 0 unknown, 1 no, 2 yes
+  if (device < 0 || device >= kMaxHopperDevices) return false;
+  int v = cached[device].load(std::memory_order_acquire);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    PGQA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    PGQA_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    v = major == 9 && minor == 0 ? 2 : 1;
+    cached[device].store(v, std::memory_order_release);
+  }
+  return v == 2;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+// The prefill tiles of `shape` on the current device run the Hopper kernel.
+inline bool use_hopper_prefill(const ProblemShape& shape) {
+  if (!hopper_prefill_supports(shape.head_dim, shape.v_head_dim)) return false;
+  if (shape.sliding_window > 0 && shape.sliding_window < kHopperMinWindow) return false;
+  int device = 0;
+  PGQA_CUDA_CHECK(cudaGetDevice(&device));
+  return hopper_prefill_available(device);
+}
+
+}  // namespace paddle_gqa::cuda::attn

@@ -1,0 +1,363 @@
+// The Hopper (sm_90a) prefill attention kernel: the paged_attention_kernel contract (same params,
+// tile map, split rule, partial-result layout, masks, sinks) with both GEMMs on warpgroup MMA
+// (wgmma) from 128-byte swizzled shared-memory tiles instead of mma.sync from ldmatrix fragments.
+//
+// CTA: two warpgroups (256 threads), 128 packed q rows (64 per warpgroup: each warp owns 16 whole
+// rows, so no cross-warp softmax merge), KV tiles of 128 keys in a two-stage cp.async pipeline
+// that all threads feed (the paged gather needs per-key block lookups, which the bulk tensor copy
+// cannot do). Software-pipelined per warpgroup: S = Q K^T of tile it and P V of tile it - 1 are in
+// flight together, the softmax of tile it overlapping P V. A warp-specialised variant (a cp.async
+// producer warpgroup feeding two consumers through mbarriers, with and without pingpong turns)
+// measured 3-8% slower on H100 (BENCHMARKS.md) and was dropped.
+// Included by the generated instantiation files through attention_kernel.cuh.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "../cuda_check.h"
+#include "attention_params.h"
+#include "hopper_prefill.h"
+#include "hopper_wgmma.cuh"
+#include "mma.cuh"
+#include "online_softmax.cuh"
+#include "paged_kv.cuh"
+#include "paddle_gqa/errors.h"
+#include "paddle_gqa/mask.h"
+#include "planner.cuh"
+#include "tile_size.h"
+
+namespace paddle_gqa::cuda::attn {
+
+namespace sm90 {
+
+// Byte offset of 16-byte chunk `ch` (of W / 8 per row) of row r in a [ROWS][W] swizzled tile.
+template <int ROWS>
+__device__ __forceinline__ uint32_t swizzled_chunk(int r, int ch) {
+  return uint32_t((ch >> 3) * ROWS * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+}
+
+// Keys [key0, key0 + ROWS) of one kv head into a swizzled [ROWS][W] tile; keys outside [lo, hi]
+// are zero-filled without reading the block table or the cache.
+template <typename T, int W, int ROWS, int NT>
+__device__ __forceinline__ void load_kv_tile_swizzled(uint32_t dst, const PagedHead<T, W>& head, int key0, int lo,
+                                                      int hi, int tid) {
+  constexpr int kChunks = W / 8;
+  constexpr int kTotal = ROWS * kChunks;
+  static_assert(kTotal % NT == 0, "whole passes");
+#pragma unroll
+  for (int pass = 0; pass < kTotal / NT; ++pass) {
+    const int idx = tid + pass * NT;
+    const int r = idx / kChunks;
+    const int ch = idx % kChunks;
+    const int j = key0 + r;
+    const bool valid = j >= lo && j <= hi;
+    const T* src = valid ? head.key_row(j) + ch * 8 : head.cache;
+    cp_async_16(dst + swizzled_chunk<ROWS>(r, ch), src, valid);
+  }
+}
+
+// The tile's packed query rows (tile row r = slot row row0 + r: token (row0 + r) / G, head
+// kv_head * G + (row0 + r) % G) into a swizzled [BM][D] tile; rows >= rows_here zero-filled.
+template <typename T, int D, int BM, int NT, int GROUP>
+__device__ __forceinline__ void load_q_tile_swizzled(uint32_t dst, const T* q, int64_t row_stride, int64_t head_stride,
+                                                     int64_t tok0, int row0, int rows_here, int kv_head, int group,
+                                                     int tid) {
+  const int G = GROUP > 0 ? GROUP : group;
+  constexpr int kChunks = D / 8;
+  constexpr int kTotal = BM * kChunks;
+  static_assert(kTotal % NT == 0, "whole passes");
+#pragma unroll 1
+  for (int idx = tid; idx < kTotal; idx += NT) {
+    const int r = idx / kChunks;
+    const int ch = idx % kChunks;
+    const bool valid = r < rows_here;
+    const T* src = q;
+    if (valid) {
+      const int R = row0 + r;
+      src = q + (tok0 + R / G) * row_stride + (int64_t(kv_head) * G + R % G) * head_stride + ch * 8;
+    }
+    cp_async_16(dst + swizzled_chunk<BM>(r, ch), src, valid);
+  }
+}
+
+}  // namespace sm90
+
+// Grid (grid_tiles, max_splits, Hkv) as paged_attention_kernel; block 256 threads, one CTA per SM.
+template <typename T, int D, int DV, int GROUP>
+__global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill_kernel(const AttentionParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  constexpr int BM = HopperPrefillTile::kBlockM;
+  constexpr int BN = HopperPrefillTile::kBlockN;
+  constexpr int NT = HopperPrefillTile::kThreads;
+  constexpr int NB = BN / 8;   // 8-key accumulator blocks of S per thread row pair
+  constexpr int NO = DV / 8;   // 8-dim accumulator blocks of O
+  constexpr uint32_t kQBytes = BM * D * 2;
+  constexpr uint32_t kKBytes = BN * D * 2;
+  constexpr uint32_t kVBytes = BN * DV * 2;
+  static_assert(hopper_prefill_supports(D, DV), "head dims outside the Hopper prefill tile");
+
+  pdl_wait();  // the step check (tile maps, error record) and the kernels before this one are done
+  pdl_launch_dependents();
+  if (p.error->code != 0) return;
+  const int tile = int(gridDim.x) - 1 - int(blockIdx.x);  // longest causal tiles first
+  const int split = blockIdx.y;
+  const int kvh = blockIdx.z;
+  const int* tile_start = p.tile_start;
+  if (tile >= tile_start[p.batch]) return;
+  int b = 0;
+  for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
+    const int mid = (lo + hi) >> 1;
+    if (tile_start[mid] <= tile) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
+  }
+
+  const int G = GROUP > 0 ? GROUP : p.group;
+  const int64_t tok0 = p.cu_seqlens_q[b];
+  const int n = p.cu_seqlens_q[b + 1] - int(tok0);
+  const int cache_len = p.cache_seqlens[b];
+  const int kv_len = cache_len + n;
+  const int row0 = (tile - tile_start[b]) * BM;
+  const int rows_here = min(BM, n * G - row0);
+
+  const KeyRange first = visible_keys(cache_len + row0 / G, kv_len, p.causal, p.sliding_window);
+  const KeyRange last = visible_keys(cache_len + (row0 + rows_here - 1) / G, kv_len, p.causal, p.sliding_window);
+  // The split rule counts p.block_n-key tiles (shared with the merge); this CTA's split is a key
+  // range [klo, khi] that it walks in BN-key tiles from klo.
+  const int bn = p.block_n;
+  const int lo = int(first.lo), hi = int(last.hi);
+  const int kt_first = lo <= hi ? lo / bn : 0;
+  const int kt_total = lo <= hi ? hi / bn - kt_first + 1 : 0;
+  const int n_splits = slot_num_splits(cache_len, n, p.causal, p.sliding_window, bn, p.max_splits);
+  if (split >= n_splits) return;
+  const int klo = max(lo, (kt_first + int(int64_t(split) * kt_total / n_splits)) * bn);
+  const int khi = min(hi, (kt_first + int(int64_t(split + 1) * kt_total / n_splits)) * bn - 1);
+  const int num_tiles = klo <= khi ? (khi - klo) / BN + 1 : 0;
+  const int full_lo = int(last.lo), full_hi = min(int(first.hi), khi);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wg = warp >> 2;
+  const int g = lane >> 2;
+  const int t4 = lane & 3;
+  // The thread's two accumulator rows: r_i = 64 wg + 16 (warp % 4) + g + 8 i.
+  int row_lo[2], row_hi[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = 64 * wg + 16 * (warp & 3) + g + 8 * i;
+    row_lo[i] = 1;
+    row_hi[i] = 0;
+    if (r < rows_here) {
+      const KeyRange kr = visible_keys(cache_len + (row0 + r) / G, kv_len, p.causal, p.sliding_window);
+      row_lo[i] = max(int(kr.lo), klo);
+      row_hi[i] = min(int(kr.hi), khi);
+    }
+  }
+
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t q_s = smem0;
+  const uint32_t k_s = q_s + kQBytes;                      // [stage] K tiles
+  const uint32_t v_s = k_s + HopperPrefillTile::kStages * kKBytes;  // [stage] V tiles
+
+  const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
+  const PagedHead<T, D> k_head{static_cast<const T*>(p.k_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
+  const PagedHead<T, DV> v_head{static_cast<const T*>(p.v_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
+
+  load_q_tile_swizzled<T, D, BM, NT, GROUP>(q_s, static_cast<const T*>(p.q), p.q_row_stride, p.q_head_stride, tok0,
+                                            row0, rows_here, kvh, p.group, tid);
+  float o[NO][4];
+#pragma unroll
+  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float(&o_flat)[DV / 2] = *reinterpret_cast<float(*)[DV / 2]>(&o[0][0]);
+  OnlineSoftmax state;
+  state.init();
+  float s[NB][4];
+  float(&s_flat)[BN / 2] = *reinterpret_cast<float(*)[BN / 2]>(&s[0][0]);
+  uint32_t pa[BN / 16][4];  // P of a tile as register A fragments, 16 keys per k step
+
+  // This warpgroup's 64 Q rows: panel stride BM * 128 bytes.
+  const uint32_t q_wg = q_s + uint32_t(wg) * 64 * 128;
+  // S = Q K^T over D in k16 steps (panel kk / 4, +32 bytes per step inside a panel); one group.
+  auto issue_qk = [&](uint32_t k_tile) {
+    fence_registers(s_flat);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint64_t da = smem_desc(q_wg + uint32_t(kk >> 2) * (BM * 128) + uint32_t(kk & 3) * 32, 16, 1024);
+      const uint64_t db = smem_desc(k_tile + uint32_t(kk >> 2) * (BN * 128) + uint32_t(kk & 3) * 32, 16, 1024);
+      wgmma_ss<T, BN>(s_flat, da, db, kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+  };
+  // O += P V over the tile's keys (V MN-major, +2048 bytes per k16 step); one group.
+  auto issue_pv = [&](uint32_t v_tile) {
+    fence_registers(o_flat);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      wgmma_rs_tnsp_b<T, DV>(o_flat, pa[kk], smem_desc(v_tile + uint32_t(kk) * 2048, BN * 128, 1024));
+    }
+    wgmma_commit();
+  };
+  // Masks (only where some key of the tile is invisible to some row) and advances the softmax;
+  // returns the rescale factor of O in alpha.
+  auto softmax_step = [&](int key0, float (&alpha)[2]) {
+    const bool full_tile = key0 >= full_lo && key0 + BN - 1 <= full_hi;
+    if (!full_tile) {
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + nb * 8 + 2 * t4 + (e & 1);
+          if (key < row_lo[e >> 1] || key > row_hi[e >> 1]) s[nb][e] = -INFINITY;
+        }
+      }
+    }
+    state.update_scores(s, p.scale_log2, alpha);
+  };
+  // All of P is packed before the PV issue: registers written between wgmmas would make the
+  // compiler fence (serialise) each one.
+  auto pack_p = [&] {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+  };
+  // Software-pipelined: P V of tile it - 1 runs on the tensor cores while the softmax of tile it
+  // runs on the other units. K tiles are loaded one tile ahead at the top of an iteration (the
+  // stage S(it - 1) read is free), V tiles at its bottom (the stage P V(it - 1) read is free
+  // only then), so cp.async groups complete in the order V(it), K(it + 1), V(it + 1).
+  if (num_tiles > 0) {
+    load_kv_tile_swizzled<T, D, BN, NT>(k_s, k_head, klo, klo, khi, tid);
+    cp_async_commit();  // K(0), with Q
+    load_kv_tile_swizzled<T, DV, BN, NT>(v_s, v_head, klo, klo, khi, tid);
+    cp_async_commit();  // V(0)
+    if (num_tiles > 1) load_kv_tile_swizzled<T, D, BN, NT>(k_s + kKBytes, k_head, klo + BN, klo, khi, tid);
+    cp_async_commit();  // K(1)
+    if (num_tiles > 1) load_kv_tile_swizzled<T, DV, BN, NT>(v_s + kVBytes, v_head, klo + BN, klo, khi, tid);
+    cp_async_commit();  // V(1)
+    cp_async_wait<3>();  // K(0) and Q
+    fence_proxy_async_smem();
+    __syncthreads();
+    issue_qk(k_s);
+    wgmma_wait<0>();
+    fence_registers(s_flat);
+    float alpha[2];
+    softmax_step(klo, alpha);
+    pack_p();  // O is zero: no rescale
+  } else {
+    cp_async_commit();  // Q alone
+  }
+  for (int it = 1; it < num_tiles; ++it) {
+    const int key0 = klo + it * BN;
+    // Outstanding: V(it - 1)?, K(it), V(it): K(it) and everything before it must land.
+    cp_async_wait<1>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    issue_qk(k_s + uint32_t(it & 1) * kKBytes);
+    issue_pv(v_s + uint32_t((it - 1) & 1) * kVBytes);
+    wgmma_wait<1>();  // S(it) is done; P V(it - 1) may still run
+    fence_registers(s_flat);
+    float alpha[2];
+    softmax_step(key0, alpha);
+    wgmma_wait<0>();
+    fence_registers(o_flat);
+    OnlineSoftmax::rescale(o, alpha);
+    pack_p();
+    __syncthreads();  // K stage of tile it and V stage of tile it - 1 are free for everyone
+    if (it + 1 < num_tiles) {
+      const uint32_t st = uint32_t((it + 1) & 1);
+      load_kv_tile_swizzled<T, D, BN, NT>(k_s + st * kKBytes, k_head, key0 + BN, klo, khi, tid);
+      cp_async_commit();
+      load_kv_tile_swizzled<T, DV, BN, NT>(v_s + st * kVBytes, v_head, key0 + BN, klo, khi, tid);
+      cp_async_commit();
+    } else {
+      cp_async_commit();
+      cp_async_commit();
+    }
+  }
+  if (num_tiles > 0) {  // P V of the last tile
+    cp_async_wait<0>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    issue_pv(v_s + uint32_t((num_tiles - 1) & 1) * kVBytes);
+    wgmma_wait<0>();
+    fence_registers(o_flat);
+  }
+  cp_async_wait<0>();
+  state.finish();
+
+  // Epilogue: each thread writes its two rows' dims 8 no + 2 t4 .. + 1 directly.
+  const bool direct = n_splits == 1;
+  const int64_t hq = p.num_q_heads;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = 64 * wg + 16 * (warp & 3) + g + 8 * i;
+    if (r >= rows_here) continue;
+    const int R = row0 + r;
+    const int64_t token = tok0 + R / G;
+    const int64_t head = int64_t(kvh) * G + R % G;
+    float m = state.m[i];
+    float l = state.l[i];
+    float sc = 1.f;
+    if (direct && p.sinks != nullptr) {
+      const float sink = p.sinks[head] * 1.4426950408889634f;  // natural-log logit into the exp2 domain
+      const float mx = fmaxf(m, sink);
+      sc = m == -INFINITY ? 0.f : fast_exp2(m - mx);
+      l = l * sc + fast_exp2(sink - mx);
+    }
+    const float inv = l > 0.f ? sc / l : 0.f;
+    if (direct) {
+      T* dst = static_cast<T*>(p.out) + token * hq * DV + head * DV + 2 * t4;
+#pragma unroll
+      for (int no = 0; no < NO; ++no) {
+        *reinterpret_cast<uint32_t*>(dst + no * 8) = pack2<T>(o[no][2 * i] * inv, o[no][2 * i + 1] * inv);
+      }
+    } else {
+      const int64_t slot_row = int64_t(split) * p.rows * hq + token * hq + head;
+      float* dst = p.partial_o + slot_row * DV + 2 * t4;
+#pragma unroll
+      for (int no = 0; no < NO; ++no) {
+        *reinterpret_cast<float2*>(dst + no * 8) = make_float2(o[no][2 * i] * inv, o[no][2 * i + 1] * inv);
+      }
+      if (t4 == 0) p.partial_lse[slot_row] = l > 0.f ? m + __log2f(l) : -INFINITY;
+    }
+  }
+#else
+  __trap();  // launched only on sm_90 devices of an sm_90a build (hopper_prefill_available)
+#endif
+}
+
+
+// Launches the prefill tiles of a call (tile map in p.tile_start built with prefill_block_m = 128),
+// as a programmatic dependent launch when `pdl` (the kernel waits for the kernels before it first).
+template <typename T, int D, int DV, int GROUP>
+void launch_hopper_prefill(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
+  if constexpr (hopper_prefill_supports(D, DV)) {
+    constexpr int smem = hopper_prefill_smem_bytes(D, DV);
+    if (grid_tiles <= 0) return;
+    auto kernel = hopper_prefill_kernel<T, D, DV, GROUP>;
+    int device = 0;
+    PGQA_CUDA_CHECK(cudaGetDevice(&device));
+    PGQA_CHECK_ARG(device < kMaxHopperDevices, "CUDA device ", device, " is past the ", kMaxHopperDevices,
+                   " devices the Hopper prefill kernel tracks");
+    static std::atomic<bool> smem_raised[kMaxHopperDevices];  // the attribute is per device
+    if (!smem_raised[device].load(std::memory_order_acquire)) {
+      PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      smem_raised[device].store(true, std::memory_order_release);
+    }
+    const dim3 grid(unsigned(grid_tiles), unsigned(p.max_splits), unsigned(p.num_kv_heads));
+    launch_kernel("hopper_prefill_kernel", kernel, grid, dim3(HopperPrefillTile::kThreads), smem, stream, pdl, p);
+  } else {
+    PGQA_CHECK_ARG(false, "head_dim/v_head_dim ", D, "/", DV, " have no Hopper prefill kernel");
+  }
+}
+
+}  // namespace paddle_gqa::cuda::attn
