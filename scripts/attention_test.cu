@@ -18,17 +18,11 @@
 #include "../csrc/kernels/attention/attention.h"
 #include "paddle_gqa/mask.h"
 
+#include "device_test_util.h"
+
 using namespace paddle_gqa;
 using bf16 = __nv_bfloat16;
 
-#define CK(x)                                                                                   \
-  do {                                                                                          \
-    cudaError_t e_ = (x);                                                                       \
-    if (e_ != cudaSuccess) {                                                                    \
-      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
-      std::exit(2);                                                                             \
-    }                                                                                           \
-  } while (0)
 
 __host__ __device__ inline float hash_val(uint32_t seed, uint64_t i) {
   uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;

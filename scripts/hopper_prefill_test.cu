@@ -18,17 +18,11 @@
 
 #include "attention/hopper_prefill_kernel.cuh"
 
+#include "device_test_util.h"
+
 using namespace paddle_gqa;
 using namespace paddle_gqa::cuda::attn;
 
-#define CK(x)                                                                                      \
-  do {                                                                                             \
-    cudaError_t e_ = (x);                                                                          \
-    if (e_ != cudaSuccess) {                                                                       \
-      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #x); \
-      std::exit(2);                                                                                \
-    }                                                                                              \
-  } while (0)
 
 static std::string g_only;  // --only=NAME: run just the cases whose name starts with NAME
 
@@ -89,19 +83,18 @@ static bool run(const Case& c, uint32_t seed) {
   std::vector<int> tile_start{0};
   for (int b = 0; b < B; ++b) tile_start.push_back(tile_start.back() + (c.slots[b].second * G + 127) / 128);
 
-  T *dq, *dk, *dv, *dout;
-  int *dbt, *dcu, *dcl, *dts;
-  float *dsinks, *dpo = nullptr, *dplse = nullptr;
+  T* dq = to_device(q);
+  T* dk = to_device(kc);
+  T* dv = to_device(vc);
+  int* dbt = to_device(bt);
+  int* dcu = to_device(cu);
+  int* dcl = to_device(cache_lens);
+  int* dts = to_device(tile_start);
+  float* dsinks = to_device(sinks);
+  T* dout;
+  float *dpo = nullptr, *dplse = nullptr;
   StepError* derr;
-  CK(cudaMalloc(&dq, q.size() * sizeof(T)));
-  CK(cudaMalloc(&dk, kc.size() * sizeof(T)));
-  CK(cudaMalloc(&dv, vc.size() * sizeof(T)));
   CK(cudaMalloc(&dout, size_t(rows) * c.hq * DV * sizeof(T)));
-  CK(cudaMalloc(&dbt, bt.size() * sizeof(int)));
-  CK(cudaMalloc(&dcu, cu.size() * sizeof(int)));
-  CK(cudaMalloc(&dcl, cache_lens.size() * sizeof(int)));
-  CK(cudaMalloc(&dts, tile_start.size() * sizeof(int)));
-  CK(cudaMalloc(&dsinks, sinks.size() * sizeof(float)));
   CK(cudaMalloc(&derr, sizeof(StepError)));
   CK(cudaMemset(derr, 0, sizeof(StepError)));
   if (c.max_splits > 1) {
@@ -109,14 +102,6 @@ static bool run(const Case& c, uint32_t seed) {
     CK(cudaMalloc(&dplse, size_t(c.max_splits) * rows * c.hq * sizeof(float)));
     CK(cudaMemset(dpo, 0xFF, size_t(c.max_splits) * rows * c.hq * DV * sizeof(float)));
   }
-  CK(cudaMemcpy(dq, q.data(), q.size() * sizeof(T), cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dk, kc.data(), kc.size() * sizeof(T), cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dv, vc.data(), vc.size() * sizeof(T), cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dbt, bt.data(), bt.size() * sizeof(int), cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dcu, cu.data(), cu.size() * sizeof(int), cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dcl, cache_lens.data(), cache_lens.size() * sizeof(int), cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dts, tile_start.data(), tile_start.size() * sizeof(int), cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dsinks, sinks.data(), sinks.size() * sizeof(float), cudaMemcpyHostToDevice));
   CK(cudaMemset(dout, 0xFF, size_t(rows) * c.hq * DV * sizeof(T)));  // NaN poison
 
   AttentionParams p{};

@@ -58,26 +58,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   const int tile = int(gridDim.x) - 1 - int(blockIdx.x);
   const int split = blockIdx.y;
   const int kvh = blockIdx.z;
-  const int* tile_start = p.tile_start;
-  if (tile >= tile_start[p.batch]) return;
-  int b = 0;  // the last slot whose first tile is <= tile (idle slots own no tile)
-  for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
-    const int mid = (lo + hi) >> 1;
-    if (tile_start[mid] <= tile) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
-  }
-
   const int G = GROUP > 0 ? GROUP : p.group;
-  const int64_t tok0 = p.cu_seqlens_q[b];
-  const int n = p.cu_seqlens_q[b + 1] - int(tok0);
-  const int cache_len = p.cache_seqlens[b];
-  const int kv_len = cache_len + n;
-  const int row0 = (tile - tile_start[b]) * BM;  // first packed row (token * G + head) of the tile
-  const int rows_here = min(BM, n * G - row0);
+  TileSlot ts;
+  if (!locate_tile(p, tile, BM, G, ts)) return;
+  const auto [b, tok0, n, cache_len, kv_len, row0, rows_here, first, last] = ts;
 
-  // Keys any row of the tile sees, [lo, hi], and keys every row sees, [full_lo, full_hi]:
-  // visible_keys is monotone in the position, so the first and last tokens bound both.
-  const KeyRange first = visible_keys(cache_len + row0 / G, kv_len, p.causal, p.sliding_window);
-  const KeyRange last = visible_keys(cache_len + (row0 + rows_here - 1) / G, kv_len, p.causal, p.sliding_window);
+  // Keys any row of the tile sees, [lo, hi], and keys every row sees, [full_lo, full_hi].
   const int lo = int(first.lo), hi = int(last.hi);
   const int full_lo = int(last.lo), full_hi = int(first.hi);
   const int kt_first = lo <= hi ? lo / BN : 0;

@@ -106,24 +106,11 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill
   const int tile = int(gridDim.x) - 1 - int(blockIdx.x);  // longest causal tiles first
   const int split = blockIdx.y;
   const int kvh = blockIdx.z;
-  const int* tile_start = p.tile_start;
-  if (tile >= tile_start[p.batch]) return;
-  int b = 0;
-  for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
-    const int mid = (lo + hi) >> 1;
-    if (tile_start[mid] <= tile) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
-  }
-
   const int G = GROUP > 0 ? GROUP : p.group;
-  const int64_t tok0 = p.cu_seqlens_q[b];
-  const int n = p.cu_seqlens_q[b + 1] - int(tok0);
-  const int cache_len = p.cache_seqlens[b];
-  const int kv_len = cache_len + n;
-  const int row0 = (tile - tile_start[b]) * BM;
-  const int rows_here = min(BM, n * G - row0);
+  TileSlot ts;
+  if (!locate_tile(p, tile, BM, G, ts)) return;
+  const auto [b, tok0, n, cache_len, kv_len, row0, rows_here, first, last] = ts;
 
-  const KeyRange first = visible_keys(cache_len + row0 / G, kv_len, p.causal, p.sliding_window);
-  const KeyRange last = visible_keys(cache_len + (row0 + rows_here - 1) / G, kv_len, p.causal, p.sliding_window);
   // The split rule counts p.block_n-key tiles (shared with the merge); this CTA's split is a key
   // range [klo, khi] that it walks in BN-key tiles from klo.
   const int bn = p.block_n;

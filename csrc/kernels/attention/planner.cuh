@@ -102,6 +102,41 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
   check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), name, __FILE__, __LINE__);
 }
 
+// The q tile `tile` of a launch's tile map (p.tile_start, tiles of bm packed rows): its slot b (the
+// last slot whose first tile is <= tile; idle slots own no tile) and where its rows lie. False
+// for a CTA past the map's last tile (the grid is a bound on the tile count).
+struct TileSlot {
+  int b;
+  int64_t tok0;   // the slot's first token row
+  int n;          // the slot's new tokens
+  int cache_len;  // keys cached before the step
+  int kv_len;     // cache_len + n
+  int row0;       // first packed row (token * G + head) of the tile
+  int rows_here;  // packed rows of the tile, <= bm
+  // Keys the tile's first and last rows see: visible_keys is monotone in the position, so
+  // [first.lo, last.hi] holds every key some row sees and [last.lo, first.hi] the keys all rows see.
+  KeyRange first, last;
+};
+__device__ __forceinline__ bool locate_tile(const AttentionParams& p, int tile, int bm, int group, TileSlot& t) {
+  const int* tile_start = p.tile_start;
+  if (tile >= tile_start[p.batch]) return false;
+  int b = 0;
+  for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
+    const int mid = (lo + hi) >> 1;
+    if (tile_start[mid] <= tile) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
+  }
+  t.b = b;
+  t.tok0 = p.cu_seqlens_q[b];
+  t.n = p.cu_seqlens_q[b + 1] - int(t.tok0);
+  t.cache_len = p.cache_seqlens[b];
+  t.kv_len = t.cache_len + t.n;
+  t.row0 = (tile - tile_start[b]) * bm;
+  t.rows_here = min(bm, t.n * group - t.row0);
+  t.first = visible_keys(t.cache_len + t.row0 / group, t.kv_len, p.causal, p.sliding_window);
+  t.last = visible_keys(t.cache_len + (t.row0 + t.rows_here - 1) / group, t.kv_len, p.causal, p.sliding_window);
+  return true;
+}
+
 // Writes both tile maps of `job` from cu_seqlens_q [B+1] with one CTA of kThreads threads (all of
 // them call it): prefill_tile_start[b] sums ceil(n_c * G / prefill_block_m) over the prefill slots
 // c < b, decode_tile_start[b] counts the decode slots c < b; entry B holds the totals. One pass
