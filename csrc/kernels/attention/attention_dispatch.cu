@@ -155,11 +155,15 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.block_n = attn::kPrefillBlockN;
   p.max_splits = plan.max_splits;
   p.pad_ctas = 0;  // launch_attention sets it on the decode launch
+  p.split_counters = maps.split_counters;
 
-  // Without splits no merge runs: the decode launch's leading columns zero the padding rows >= T
-  // instead (a decode launch always runs when rows > 0; with B = 0 it holds only those columns).
+  // Decode tiles merge their splits themselves (the last split CTA of a tile, split_counters); the
+  // merge kernel runs only for prefill tiles that may split. Without it the decode launch's leading
+  // columns zero the padding rows >= T instead (a decode launch always runs when rows > 0; with
+  // B = 0 it holds only those columns).
   const int64_t width = int64_t(shape.num_q_heads) * shape.v_head_dim;
-  if (plan.max_splits == 1) {
+  const bool merge_kernel = plan.max_splits > 1 && plan.prefill_grid_tiles > 0;
+  if (!merge_kernel) {
     const int64_t zeroing_ctas = std::min<int64_t>(
         std::max<int64_t>(1, (shape.rows * width + attn::kZeroElemsPerCta - 1) / attn::kZeroElemsPerCta),
         4 * int64_t(num_sms));
@@ -177,9 +181,9 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
     plan.join = options.join;
   }
 
-  if (!options.tile_maps_written) attn::launch_tile_planner(p, stream);
+  if (!options.tile_maps_written) attn::launch_tile_planner(p, maps, stream);
   launch(p, plan, stream);
-  if (plan.max_splits > 1) {
+  if (merge_kernel) {
     // After a join the merge waits on two streams: a plain launch.
     const bool pdl = plan.pdl && plan.side == nullptr;
     const dim3 grid(unsigned(shape.rows), unsigned(attn::merge_chunks(width)));

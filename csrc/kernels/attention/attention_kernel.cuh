@@ -288,6 +288,27 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
       if (c == 0) p.partial_lse[slot_row] = l > 0.f ? mx + __log2f(l) : -INFINITY;
     }
   }
+
+  // A decode tile merges its own splits (no merge launch for decode tiles): the split CTA that
+  // arrives last on the tile's counter (zeroed by the step check) merges the tile's rows, after a
+  // fence that publishes every CTA's partials before its arrival counts.
+  if constexpr (BM == kDecodeBlockM) {
+    if (!direct) {
+      __shared__ bool merges_here;
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) {
+        merges_here = atomicAdd(p.split_counters + int64_t(tile) * p.num_kv_heads + kvh, 1) == n_splits - 1;
+      }
+      __syncthreads();
+      if (!merges_here) return;
+      __threadfence();
+      for (int idx = tid; idx < rows_here * (DV / 4); idx += NT) {
+        const int R = row0 + idx / (DV / 4);
+        merge_four<T>(p, tok0 + R / G, int64_t(kvh) * G + R % G, (idx % (DV / 4)) * 4, n_splits, DV);
+      }
+    }
+  }
 }
 
 template <typename T, int D, int DV, int GROUP, class Cfg>

@@ -42,6 +42,9 @@ struct AttentionParams {
   int max_splits;               // KV splits per tile (gridDim.y); 1 = every tile writes out directly
   int pad_ctas;                 // leading blockIdx.x columns that zero the padding rows >= T instead of
                                 // running a tile (set on one launch when no merge runs; 0 elsewhere)
+  int32_t* split_counters;      // workspace [decode tiles][Hkv], zeroed by build_tile_maps: split CTAs of
+                                // a decode tile count their arrivals and the last merges the tile's rows;
+                                // nullptr (no splits): nothing to merge
 };
 
 // Where the tile maps of a call go and how slots are tiled: filled on the host by
@@ -52,6 +55,8 @@ struct TileMapJob {
   int32_t* decode_tile_start;   // workspace [B+1]
   int group;                    // G
   int prefill_block_m;          // packed rows per prefill tile
+  int32_t* split_counters;      // AttentionParams::split_counters, zeroed with the maps (or nullptr)
+  int num_split_counters;
 };
 
 }  // namespace paddle_gqa::cuda::attn

@@ -5,7 +5,8 @@
 // M = max(max_s lse_s, sink) and w_s = 2^(lse_s - M):
 //   out = sum_s w_s O_s / (sum_s w_s + 2^(sink - M)),
 // the sink term (absent without sinks) entering the denominator once. Rows of slots that used
-// one split were written by the attention kernel and are left alone.
+// one split were written by the attention kernel and are left alone, and so are the rows of
+// decode slots when the decode tiles merged their own splits (p.split_counters).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -44,6 +45,39 @@ __device__ void zero_padding_rows(const AttentionParams& p, int dv, int64_t cta,
   for (int64_t u = cta * per + threadIdx.x; u < u_end; u += blockDim.x) dst[u] = make_uint4(0u, 0u, 0u, 0u);
 }
 
+// Merges elements [d, d + 4) of head `head` of token row `row` over the row's n_splits partial
+// results and writes them to out. The partials are read past L1 (__ldcg): the CTA that merges in
+// the attention epilogue did not write most of them, and L1 is not coherent across SMs.
+template <typename T>
+__device__ __forceinline__ void merge_four(const AttentionParams& p, int64_t row, int64_t head, int64_t d,
+                                           int n_splits, int dv) {
+  const int64_t hq = p.num_q_heads;
+  const int64_t split_stride = p.rows * hq;
+  const int64_t base = row * hq + head;
+  float mx = p.sinks != nullptr ? p.sinks[head] * 1.4426950408889634f : -INFINITY;
+  const float sink = mx;
+  for (int s = 0; s < n_splits; ++s) mx = fmaxf(mx, __ldcg(p.partial_lse + s * split_stride + base));
+  float l = 0.f;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  if (mx != -INFINITY) {
+    for (int s = 0; s < n_splits; ++s) {
+      const float w = fast_exp2(__ldcg(p.partial_lse + s * split_stride + base) - mx);
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.partial_o + (s * split_stride + base) * dv + d));
+      l += w;
+      acc[0] += w * v.x;
+      acc[1] += w * v.y;
+      acc[2] += w * v.z;
+      acc[3] += w * v.w;
+    }
+    l += fast_exp2(sink - mx);
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  uint2 packed;
+  packed.x = pack2<T>(acc[0] * inv, acc[1] * inv);
+  packed.y = pack2<T>(acc[2] * inv, acc[3] * inv);
+  *reinterpret_cast<uint2*>(static_cast<T*>(p.out) + base * dv + d) = packed;
+}
+
 // Grid (rows, merge_chunks(Hq * Dv)); CTA (row, c) merges elements [c * kMergeChunk, ...) of its row,
 // 4 consecutive dims of one head per thread.
 template <typename T>
@@ -66,34 +100,10 @@ __global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const Atten
     if (p.cu_seqlens_q[mid] <= row) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
   }
   const int n = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+  if (p.split_counters != nullptr && is_decode_slot(n, p.group)) return;  // merged by its decode tile
   const int n_splits = slot_num_splits(p.cache_seqlens[b], n, p.causal, p.sliding_window, p.block_n, p.max_splits);
   if (n_splits == 1) return;
-  const int64_t split_stride = p.rows * hq;
-  const int64_t head = e / dv;
-  const int64_t d = e % dv;
-  const int64_t base = row * hq + head;
-  float mx = p.sinks != nullptr ? p.sinks[head] * 1.4426950408889634f : -INFINITY;
-  const float sink = mx;
-  for (int s = 0; s < n_splits; ++s) mx = fmaxf(mx, p.partial_lse[s * split_stride + base]);
-  float l = 0.f;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  if (mx != -INFINITY) {
-    for (int s = 0; s < n_splits; ++s) {
-      const float w = fast_exp2(p.partial_lse[s * split_stride + base] - mx);
-      const float4 v = *reinterpret_cast<const float4*>(p.partial_o + (s * split_stride + base) * dv + d);
-      l += w;
-      acc[0] += w * v.x;
-      acc[1] += w * v.y;
-      acc[2] += w * v.z;
-      acc[3] += w * v.w;
-    }
-    l += fast_exp2(sink - mx);
-  }
-  const float inv = l > 0.f ? 1.f / l : 0.f;
-  uint2 packed;
-  packed.x = pack2<T>(acc[0] * inv, acc[1] * inv);
-  packed.y = pack2<T>(acc[2] * inv, acc[3] * inv);
-  *reinterpret_cast<uint2*>(out + e) = packed;
+  merge_four<T>(p, row, e / dv, e % dv, n_splits, dv);
 }
 
 }  // namespace paddle_gqa::cuda::attn

@@ -103,6 +103,9 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
     off = align_up(off + sizeof(float) * size_t(plan.max_splits) * heads * size_t(shape.v_head_dim));
     plan.partial_lse_offset = off;
     off = align_up(off + sizeof(float) * size_t(plan.max_splits) * heads);
+    plan.split_counters_offset = off;
+    plan.num_split_counters = plan.decode_grid_tiles * shape.num_kv_heads;
+    off = align_up(off + sizeof(int32_t) * size_t(plan.num_split_counters));
   }
   plan.workspace_bytes = off;
   return plan;
@@ -115,15 +118,13 @@ TileMapJob tile_map_job(const LaunchPlan& plan, int group, void* workspace) {
   job.decode_tile_start = reinterpret_cast<int32_t*>(ws + plan.decode_tile_start_offset);
   job.group = group;
   job.prefill_block_m = plan.prefill_block_m;
+  job.split_counters =
+      plan.num_split_counters > 0 ? reinterpret_cast<int32_t*>(ws + plan.split_counters_offset) : nullptr;
+  job.num_split_counters = int(plan.num_split_counters);
   return job;
 }
 
-void launch_tile_planner(const AttentionParams& p, cudaStream_t stream) {
-  TileMapJob job;
-  job.prefill_tile_start = p.prefill_tile_start;
-  job.decode_tile_start = p.decode_tile_start;
-  job.group = p.group;
-  job.prefill_block_m = p.prefill_block_m;
+void launch_tile_planner(const AttentionParams& p, const TileMapJob& job, cudaStream_t stream) {
   tile_planner_kernel<<<1, kPlannerThreads, 0, stream>>>(p, job);
   PGQA_CUDA_CHECK_LAUNCH("tile_planner_kernel");
 }

@@ -31,6 +31,8 @@ struct LaunchPlan {
   size_t decode_tile_start_offset = 0;   // int32 [B+1]
   size_t partial_o_offset = 0;    // fp32 [max_splits][rows*Hq][Dv] (only when max_splits > 1)
   size_t partial_lse_offset = 0;  // fp32 [max_splits][rows*Hq]
+  size_t split_counters_offset = 0;  // int32 [decode_grid_tiles][Hkv] (only when max_splits > 1)
+  int64_t num_split_counters = 0;
   size_t workspace_bytes = 0;
 
   // How run_attention launches (host-side only; the kernels never read these).
@@ -52,7 +54,7 @@ TileMapJob tile_map_job(const LaunchPlan& plan, int group, void* workspace);
 // One CTA: prefix sums of tiles per slot for both maps: prefill_tile_start[b] sums
 // ceil(n_c * G / prefill_block_m) over prefill slots c < b, decode_tile_start[b] counts the decode
 // slots c < b; entry B holds the totals.
-void launch_tile_planner(const AttentionParams& p, cudaStream_t stream);
+void launch_tile_planner(const AttentionParams& p, const TileMapJob& job, cudaStream_t stream);
 
 // The attention kernels of one (dtype, D, Dv, group) key: defined in attention_kernel.cuh and
 // explicitly instantiated per key by the generated files (GROUP 0 = group read at run time).
@@ -137,8 +139,8 @@ __device__ __forceinline__ bool locate_tile(const AttentionParams& p, int tile, 
   return true;
 }
 
-// Writes both tile maps of `job` from cu_seqlens_q [B+1] with one CTA of kThreads threads (all of
-// them call it): prefill_tile_start[b] sums ceil(n_c * G / prefill_block_m) over the prefill slots
+// Writes both tile maps of `job` from cu_seqlens_q [B+1], and zeroes its split counters, with one
+// CTA of kThreads threads (all of them call it): prefill_tile_start[b] sums ceil(n_c * G / prefill_block_m) over the prefill slots
 // c < b, decode_tile_start[b] counts the decode slots c < b; entry B holds the totals. One pass
 // scans both counts, kThreads slots at a time.
 template <int kThreads>
@@ -198,6 +200,7 @@ __device__ void build_tile_maps(const TileMapJob& job, const int32_t* cu, int ba
     job.prefill_tile_start[batch] = carry.x;
     job.decode_tile_start[batch] = carry.y;
   }
+  for (int i = tid; i < job.num_split_counters; i += kThreads) job.split_counters[i] = 0;
 }
 
 }  // namespace paddle_gqa::cuda::attn
