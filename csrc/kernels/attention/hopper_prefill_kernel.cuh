@@ -8,7 +8,7 @@
 // cannot do). Software-pipelined per warpgroup: S = Q K^T of tile it and P V of tile it - 1 are in
 // flight together, the softmax of tile it overlapping P V. A warp-specialised variant (a cp.async
 // producer warpgroup feeding two consumers through mbarriers, with and without pingpong turns)
-// measured 3-8% slower on H100 (BENCHMARKS.md) and was dropped.
+// measured 1-8% slower on H100 (BENCHMARKS.md, session 2) and was dropped.
 // Included by the generated instantiation files through attention_kernel.cuh.
 #pragma once
 

@@ -2,7 +2,7 @@
 // descriptors for the 128-byte swizzled tile layout, wgmma fences / commit / wait, and the
 // m64nNk16 wgmma forms the kernel issues (fp32 accumulators, bf16 or fp16 operands).
 //
-// Tile layout (what the descriptors below describe and hopper_tiles.cuh writes): a [rows][W] b16
+// Tile layout (what the descriptors below describe and hopper_prefill_kernel.cuh writes): a [rows][W] b16
 // tile is W / 64 panels of [rows][64] (128 bytes per row), panel p at byte p * rows * 128; inside a
 // panel the 16-byte chunk c of row r sits at r * 128 + ((c ^ (r % 8)) * 16) (the 128-byte swizzle,
 // period 8 rows = 1024 bytes). Panels start at 1024-byte aligned addresses.
