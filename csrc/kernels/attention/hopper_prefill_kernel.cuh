@@ -99,6 +99,7 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill
   constexpr uint32_t kKBytes = BN * D * 2;
   constexpr uint32_t kVBytes = BN * DV * 2;
   static_assert(hopper_prefill_supports(D, DV), "head dims outside the Hopper prefill tile");
+  static_assert(HopperPrefillTile::kStages == 2, "the main loop alternates two stages (it & 1)");
 
   pdl_wait();  // the step check (tile maps, error record) and the kernels before this one are done
   pdl_launch_dependents();
