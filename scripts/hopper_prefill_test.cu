@@ -43,6 +43,7 @@ struct Case {
   bool fp16 = false;
   bool timed = false;      // time it and report TFLOP/s
   int check_rows = 0;      // 0: every row; else this many random rows per slot
+  int bs = 64;             // block_size
 };
 
 template <typename T, int D, int DV, int GROUP>  // GROUP 0: the runtime-group kernel
@@ -50,7 +51,9 @@ static bool run(const Case& c, uint32_t seed) {
   const int G = c.hq / c.hkv;
   if (GROUP != 0 && GROUP != G) { std::printf("%s: group %d != template %d\n", c.name.c_str(), G, GROUP); return false; }
   if (!g_only.empty() && c.name.rfind(g_only, 0) != 0) return true;
-  const int bs = 64, bs_log2 = 6;
+  const int bs = c.bs;
+  int bs_log2 = 0;
+  while ((1 << bs_log2) < bs) ++bs_log2;
   const int B = int(c.slots.size());
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -69,13 +72,37 @@ static bool run(const Case& c, uint32_t seed) {
   for (int i = 0; i < num_blocks; ++i) perm[i] = i;
   std::shuffle(perm.begin(), perm.end(), rng);
   std::vector<int> bt(size_t(B) * max_blocks, -1);
-  for (int b = 0, k = 0; b < B; ++b)
-    for (int j = 0; j < (c.slots[b].first + c.slots[b].second + bs - 1) / bs; ++j) bt[size_t(b) * max_blocks + j] = perm[k++];
+  std::vector<char> owned(size_t(num_blocks) * bs, 0);  // cache rows that hold a key of the step
+  for (int b = 0, k = 0; b < B; ++b) {
+    const int kv_len = c.slots[b].first + c.slots[b].second;
+    for (int j = 0; j < (kv_len + bs - 1) / bs; ++j) bt[size_t(b) * max_blocks + j] = perm[k++];
+    for (int j = 0; j < kv_len; ++j) owned[size_t(bt[size_t(b) * max_blocks + j / bs]) * bs + j % bs] = 1;
+  }
+  // Blocks wholly before a slot's first visible key are never read: -1, as an engine that frees
+  // them would leave it.
+  for (int b = 0; b < B; ++b) {
+    const int cl = c.slots[b].first, n = c.slots[b].second;
+    if (n == 0) continue;
+    const KeyRange vis = slot_visible_keys(cl, cl + n, true, c.window);
+    for (int j = 0; j < int(vis.lo) / bs; ++j) bt[size_t(b) * max_blocks + j] = -1;
+  }
 
   std::vector<T> q(size_t(rows) * c.hq * D), kc(size_t(num_blocks) * c.hkv * bs * D), vc(size_t(num_blocks) * c.hkv * bs * DV);
   for (auto& x : q) x = from_f<T>(nd(rng));
   for (auto& x : kc) x = from_f<T>(nd(rng));
   for (auto& x : vc) x = from_f<T>(nd(rng));
+  // Rows no key of the step owns (past each slot's kv_len, spare blocks) hold NaN: the kernel
+  // must neither read them into an output nor let them reach P V.
+  {
+    const T nan = from_f<T>(NAN);
+    for (int blk = 0; blk < num_blocks; ++blk)
+      for (int h = 0; h < c.hkv; ++h)
+        for (int r = 0; r < bs; ++r) {
+          if (owned[size_t(blk) * bs + r]) continue;
+          for (int e = 0; e < D; ++e) kc[((size_t(blk) * c.hkv + h) * bs + r) * D + e] = nan;
+          for (int e = 0; e < DV; ++e) vc[((size_t(blk) * c.hkv + h) * bs + r) * DV + e] = nan;
+        }
+  }
   std::vector<float> sinks(c.hq);
   for (auto& x : sinks) x = nd(rng) + 1.f;
 
@@ -110,6 +137,7 @@ static bool run(const Case& c, uint32_t seed) {
   p.q_head_stride = D;
   p.k_cache = dk;
   p.v_cache = dv;
+  p.num_blocks = num_blocks;
   p.block_tables = dbt;
   p.max_blocks_per_seq = max_blocks;
   p.cu_seqlens_q = dcu;
@@ -139,7 +167,8 @@ static bool run(const Case& c, uint32_t seed) {
   const int threads = HopperPrefillTile::kThreads;
   CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid(unsigned(tile_start.back()), unsigned(c.max_splits), unsigned(c.hkv));
-  kernel<<<grid, threads, smem>>>(p);
+  const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
+  kernel<<<grid, threads, smem>>>(p, maps);
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
 
@@ -232,7 +261,8 @@ static bool run(const Case& c, uint32_t seed) {
     std::vector<float> ms;
     for (int i = 0; i < 25; ++i) {
       CK(cudaEventRecord(e0));
-      kernel<<<grid, threads, smem>>>(p);
+      const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
+  kernel<<<grid, threads, smem>>>(p, maps);
       CK(cudaEventRecord(e1));
       CK(cudaEventSynchronize(e1));
       float t;
@@ -272,6 +302,11 @@ int main(int argc, char** argv) {
   fails += !run<__nv_bfloat16, 192, 128, 8>({"g8 192/128 window 129 sinks", 64, 8, 192, 128, {{500, 260}}, 129, true}, 6);
   fails += !run<__nv_bfloat16, 128, 64, 4>({"g4 128/64", 32, 8, 128, 64, mixed}, 7);
   fails += !run<__nv_bfloat16, 64, 64, 1>({"g1 64/64", 8, 8, 64, 64, mixed}, 8);
+  // Block sizes other than 64 (a copy box is min(block_size, 64) rows); windows with unread blocks.
+  std::vector<std::pair<int, int>> long_slots{{900, 300}, {0, 1000}, {50, 3}, {1200, 130}};
+  fails += !run<__nv_bfloat16, 128, 128, 3>({"g3 bs16 window 700 splits 3", 24, 8, 128, 128, long_slots, 700, false, 3, false, false, 0, 16}, 14);
+  fails += !run<__nv_bfloat16, 128, 128, 3>({"g3 bs128 window 600 + sinks", 24, 8, 128, 128, long_slots, 600, true, 1, false, false, 0, 128}, 15);
+  fails += !run<__nv_bfloat16, 192, 128, 16>({"g16 192/128 bs32 splits 2", 64, 4, 192, 128, long_slots, 0, false, 2, false, false, 0, 32}, 16);
   // Timed, sampled rows.
   if (!timed) {
     std::printf("%s: %d failed\n", fails ? "FAILED" : "PASSED", fails);

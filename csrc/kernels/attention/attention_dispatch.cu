@@ -130,6 +130,7 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.q_head_stride = in.q_head_stride;
   p.k_cache = in.k_cache;
   p.v_cache = in.v_cache;
+  p.num_blocks = shape.num_blocks;
   p.block_tables = in.block_tables;
   p.max_blocks_per_seq = shape.max_blocks_per_seq;
   p.cu_seqlens_q = in.cu_seqlens_q;

@@ -14,6 +14,7 @@ struct AttentionParams {
   int64_t q_head_stride;        // elements between heads; multiple of 8
   const void* k_cache;          // [num_blocks][Hkv][block_size][D], dtype T, contiguous
   const void* v_cache;          // [num_blocks][Hkv][block_size][Dv], dtype T, contiguous
+  int64_t num_blocks;           // of both caches (the Hopper kernel's tensor maps bound their copies by it)
   const int32_t* block_tables;  // [B][max_blocks_per_seq]; only blocks in a slot's visible range are read
   int64_t max_blocks_per_seq;
   const int32_t* cu_seqlens_q;  // [B+1]; T = cu_seqlens_q[B]

@@ -3,12 +3,18 @@
 // (wgmma) from 128-byte swizzled shared-memory tiles instead of mma.sync from ldmatrix fragments.
 //
 // CTA: two warpgroups (256 threads), 128 packed q rows (64 per warpgroup: each warp owns 16 whole
-// rows, so no cross-warp softmax merge), KV tiles of 128 keys in a two-stage cp.async pipeline
-// that all threads feed (the paged gather needs per-key block lookups, which the bulk tensor copy
-// cannot do). Software-pipelined per warpgroup: S = Q K^T of tile it and P V of tile it - 1 are in
-// flight together, the softmax of tile it overlapping P V. A warp-specialised variant (a cp.async
-// producer warpgroup feeding two consumers through mbarriers, with and without pingpong turns)
-// measured 1-8% slower on H100 (BENCHMARKS.md, session 2) and was dropped.
+// rows, so no cross-warp softmax merge), KV tiles of 128 keys in two stages filled by bulk tensor
+// copies (TMA, hopper_tma.cuh): each copy is one block's contiguous rows of one head and one
+// 64-element panel (hopper_kv_maps.h), so the paged gather costs warp 0 one block-table read per
+// box and nobody else anything. Tiles start 64-key aligned; keys of a tile outside the CTA's range
+// are masked in S and their V rows zeroed before P V (their blocks may be unread or hold garbage).
+//
+// Schedule per warpgroup: S = Q K^T of tile it and P V of tile it - 1 are in flight together, the
+// softmax of tile it overlapping P V. Copies are issued after the one CTA barrier per tile, K two
+// tiles ahead and V one tile ahead, so each has a whole tile of compute to land in.
+// A warp-specialised variant (a cp.async producer warpgroup feeding two consumers through
+// mbarriers, with and without pingpong turns) measured 1-8% slower on H100 (BENCHMARKS.md,
+// session 2) and was dropped.
 // Included by the generated instantiation files through attention_kernel.cuh.
 #pragma once
 
@@ -19,11 +25,12 @@
 
 #include "../cuda_check.h"
 #include "attention_params.h"
+#include "hopper_kv_maps.h"
 #include "hopper_prefill.h"
+#include "hopper_tma.cuh"
 #include "hopper_wgmma.cuh"
 #include "mma.cuh"
 #include "online_softmax.cuh"
-#include "paged_kv.cuh"
 #include "paddle_gqa/errors.h"
 #include "paddle_gqa/mask.h"
 #include "planner.cuh"
@@ -37,26 +44,6 @@ namespace sm90 {
 template <int ROWS>
 __device__ __forceinline__ uint32_t swizzled_chunk(int r, int ch) {
   return uint32_t((ch >> 3) * ROWS * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
-}
-
-// Keys [key0, key0 + ROWS) of one kv head into a swizzled [ROWS][W] tile; keys outside [lo, hi]
-// are zero-filled without reading the block table or the cache.
-template <typename T, int W, int ROWS, int NT>
-__device__ __forceinline__ void load_kv_tile_swizzled(uint32_t dst, const PagedHead<T, W>& head, int key0, int lo,
-                                                      int hi, int tid) {
-  constexpr int kChunks = W / 8;
-  constexpr int kTotal = ROWS * kChunks;
-  static_assert(kTotal % NT == 0, "whole passes");
-#pragma unroll
-  for (int pass = 0; pass < kTotal / NT; ++pass) {
-    const int idx = tid + pass * NT;
-    const int r = idx / kChunks;
-    const int ch = idx % kChunks;
-    const int j = key0 + r;
-    const bool valid = j >= lo && j <= hi;
-    const T* src = valid ? head.key_row(j) + ch * 8 : head.cache;
-    cp_async_16(dst + swizzled_chunk<ROWS>(r, ch), src, valid);
-  }
 }
 
 // The tile's packed query rows (tile row r = slot row row0 + r: token (row0 + r) / G, head
@@ -86,8 +73,10 @@ __device__ __forceinline__ void load_q_tile_swizzled(uint32_t dst, const T* q, i
 }  // namespace sm90
 
 // Grid (grid_tiles, max_splits, Hkv) as paged_attention_kernel; block 256 threads, one CTA per SM.
+// `maps` (make_hopper_kv_maps) describes p.k_cache and p.v_cache for the bulk tensor copies.
 template <typename T, int D, int DV, int GROUP>
-__global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
+    hopper_prefill_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
   constexpr int BM = HopperPrefillTile::kBlockM;
@@ -95,6 +84,8 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill
   constexpr int NT = HopperPrefillTile::kThreads;
   constexpr int NB = BN / 8;   // 8-key accumulator blocks of S per thread row pair
   constexpr int NO = DV / 8;   // 8-dim accumulator blocks of O
+  constexpr int PK = D / 64;   // 64-element panels of a K row
+  constexpr int PV = DV / 64;  // and of a V row
   constexpr uint32_t kQBytes = BM * D * 2;
   constexpr uint32_t kKBytes = BN * D * 2;
   constexpr uint32_t kVBytes = BN * DV * 2;
@@ -113,7 +104,8 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill
   const auto [b, tok0, n, cache_len, kv_len, row0, rows_here, first, last] = ts;
 
   // The split rule counts p.block_n-key tiles (shared with the merge); this CTA's split is a key
-  // range [klo, khi] that it walks in BN-key tiles from klo.
+  // range [klo, khi]. It walks BN-key tiles from kbase, klo rounded down to 64 keys, so that every
+  // copy box (at most 64 rows of one block) starts at a box boundary of its block.
   const int bn = p.block_n;
   const int lo = int(first.lo), hi = int(last.hi);
   const int kt_first = lo <= hi ? lo / bn : 0;
@@ -122,8 +114,10 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill
   if (split >= n_splits) return;
   const int klo = max(lo, (kt_first + int(int64_t(split) * kt_total / n_splits)) * bn);
   const int khi = min(hi, (kt_first + int(int64_t(split + 1) * kt_total / n_splits)) * bn - 1);
-  const int num_tiles = klo <= khi ? (khi - klo) / BN + 1 : 0;
-  const int full_lo = int(last.lo), full_hi = min(int(first.hi), khi);
+  const int kbase = klo & ~63;
+  const int num_tiles = klo <= khi ? (khi - kbase) / BN + 1 : 0;
+  // Keys every row of the tile sees and that lie in [klo, khi]: tiles inside need no mask.
+  const int full_lo = max(int(last.lo), klo), full_hi = min(int(first.hi), khi);
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -146,17 +140,74 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill
   }
 
   extern __shared__ unsigned char smem_raw[];
+  __shared__ alignas(8) uint64_t stage_full[2 * HopperPrefillTile::kStages];  // K stages, then V stages
   const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t q_s = smem0;
-  const uint32_t k_s = q_s + kQBytes;                      // [stage] K tiles
+  const uint32_t k_s = q_s + kQBytes;                               // [stage] K tiles
   const uint32_t v_s = k_s + HopperPrefillTile::kStages * kKBytes;  // [stage] V tiles
+  const uint32_t k_full = smem_u32(&stage_full[0]);                 // + 8 stage
+  const uint32_t v_full = smem_u32(&stage_full[HopperPrefillTile::kStages]);
 
   const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
-  const PagedHead<T, D> k_head{static_cast<const T*>(p.k_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
-  const PagedHead<T, DV> v_head{static_cast<const T*>(p.v_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
+  const int bs_log2 = p.block_size_log2;
+  const int box_rows = kv_box_rows(1 << bs_log2);
+  const int boxes = BN / box_rows;  // per panel of a tile
+  // Warp 0: arms `bar` with the bytes of tile t's K (or V) boxes that meet [klo, khi] and copies
+  // them into `stage`, one (box, panel) per lane and pass. Boxes wholly outside are not read (their
+  // blocks may be -1); their rows keep stale data, masked in S and zeroed in V (zero_v_outside).
+  auto issue_tile = [&](int t, bool is_v, uint32_t stage, uint32_t bar) {
+    const int key0 = kbase + t * BN;
+    const int box_lo = max(0, (klo - key0) / box_rows);
+    const int box_hi = min(boxes - 1, (khi - key0) / box_rows);
+    const int nbox = box_hi - box_lo + 1;
+    const int panels = is_v ? PV : PK;
+    if (lane == 0) mbarrier_arrive_expect_tx(bar, uint32_t(nbox * panels * box_rows * 128));
+    __syncwarp();
+    const void* map = is_v ? static_cast<const void*>(&maps.v) : static_cast<const void*>(&maps.k);
+    for (int job = lane; job < nbox * panels; job += 32) {
+      const int bx = box_lo + job % nbox;
+      const int pn = job / nbox;
+      const int key = key0 + bx * box_rows;
+      const int block = block_row[key >> bs_log2];
+      const int row = ((block * p.num_kv_heads + kvh) << bs_log2) + (key & ((1 << bs_log2) - 1));
+      tma_load_2d(stage + uint32_t(pn * BN * 128 + bx * box_rows * 128), map, pn * 64, row, bar);
+    }
+  };
+  // Tile t's V rows of keys outside [klo, khi] become zero, so that P = 0 there gives exactly 0
+  // (stale or unwritten rows may hold NaN). Only a tile reaching past the range does work; the
+  // stores are made visible to wgmma (async proxy) and to the other warpgroup before P V.
+  auto zero_v_outside = [&](int t, uint32_t stage) {
+    const int key0 = kbase + t * BN;
+    if (key0 >= klo && key0 + BN - 1 <= khi) return;  // uniform over the CTA
+    for (int idx = tid; idx < PV * BN * 8; idx += NT) {
+      const int r = (idx >> 3) % BN;
+      const int key = key0 + r;
+      if (key < klo || key > khi) {
+        const uint32_t addr = stage + uint32_t((idx >> 3) / BN * BN * 128 + r * 128 + (idx & 7) * 16);
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
+      }
+    }
+    fence_proxy_async_smem();
+    __syncthreads();
+  };
 
+  if (tid == 0) {
+    for (int i = 0; i < 2 * HopperPrefillTile::kStages; ++i) mbarrier_init(k_full + 8u * i, 1);
+    fence_barrier_init();
+  }
+  __syncwarp();
+  if (warp == 0 && num_tiles > 0) {  // K(0), V(0), K(1) while Q loads
+    if (lane == 0) {
+      prefetch_tensor_map(&maps.k);
+      prefetch_tensor_map(&maps.v);
+    }
+    issue_tile(0, false, k_s, k_full);
+    issue_tile(0, true, v_s, v_full);
+    if (num_tiles > 1) issue_tile(1, false, k_s + kKBytes, k_full + 8);
+  }
   load_q_tile_swizzled<T, D, BM, NT, GROUP>(q_s, static_cast<const T*>(p.q), p.q_row_stride, p.q_head_stride, tok0,
                                             row0, rows_here, kvh, p.group, tid);
+  cp_async_commit();
   float o[NO][4];
 #pragma unroll
   for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -192,7 +243,8 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill
     wgmma_commit();
   };
   // Masks (only where some key of the tile is invisible to some row) and advances the softmax;
-  // returns the rescale factor of O in alpha.
+  // returns the rescale factor of O in alpha. Masking is a select, so NaN scores of unread or
+  // unwritten keys never reach the softmax.
   auto softmax_step = [&](int key0, float (&alpha)[2]) {
     const bool full_tile = key0 >= full_lo && key0 + BN - 1 <= full_hi;
     if (!full_tile) {
@@ -218,68 +270,55 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1) hopper_prefill
       pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
   };
-  // Software-pipelined: P V of tile it - 1 runs on the tensor cores while the softmax of tile it
-  // runs on the other units. K tiles are loaded one tile ahead at the top of an iteration (the
-  // stage S(it - 1) read is free), V tiles at its bottom (the stage P V(it - 1) read is free
-  // only then), so cp.async groups complete in the order V(it), K(it + 1), V(it + 1).
+
+  cp_async_wait<0>();  // Q
+  fence_proxy_async_smem();
+  __syncthreads();  // Q and the initialised barriers are visible to every thread
+  // Stage use u of a stage (tile t = 2 u + stage) completes barrier phase u: parity (t >> 1) & 1.
   if (num_tiles > 0) {
-    load_kv_tile_swizzled<T, D, BN, NT>(k_s, k_head, klo, klo, khi, tid);
-    cp_async_commit();  // K(0), with Q
-    load_kv_tile_swizzled<T, DV, BN, NT>(v_s, v_head, klo, klo, khi, tid);
-    cp_async_commit();  // V(0)
-    if (num_tiles > 1) load_kv_tile_swizzled<T, D, BN, NT>(k_s + kKBytes, k_head, klo + BN, klo, khi, tid);
-    cp_async_commit();  // K(1)
-    if (num_tiles > 1) load_kv_tile_swizzled<T, DV, BN, NT>(v_s + kVBytes, v_head, klo + BN, klo, khi, tid);
-    cp_async_commit();  // V(1)
-    cp_async_wait<3>();  // K(0) and Q
-    fence_proxy_async_smem();
-    __syncthreads();
+    mbarrier_wait_parity(k_full, 0);
     issue_qk(k_s);
     wgmma_wait<0>();
     fence_registers(s_flat);
     float alpha[2];
-    softmax_step(klo, alpha);
+    softmax_step(kbase, alpha);
     pack_p();  // O is zero: no rescale
-  } else {
-    cp_async_commit();  // Q alone
+    __syncthreads();  // S(0) is done everywhere: K stage 0 is free
+    if (warp == 0) {
+      if (num_tiles > 1) issue_tile(1, true, v_s + kVBytes, v_full + 8);
+      if (num_tiles > 2) issue_tile(2, false, k_s, k_full);
+    }
   }
   for (int it = 1; it < num_tiles; ++it) {
-    const int key0 = klo + it * BN;
-    // Outstanding: V(it - 1)?, K(it), V(it): K(it) and everything before it must land.
-    cp_async_wait<1>();
-    fence_proxy_async_smem();
-    __syncthreads();
-    issue_qk(k_s + uint32_t(it & 1) * kKBytes);
-    issue_pv(v_s + uint32_t((it - 1) & 1) * kVBytes);
+    const uint32_t st = uint32_t(it & 1), pst = st ^ 1u;
+    mbarrier_wait_parity(k_full + 8 * st, uint32_t(it >> 1) & 1);
+    mbarrier_wait_parity(v_full + 8 * pst, uint32_t((it - 1) >> 1) & 1);
+    zero_v_outside(it - 1, v_s + pst * kVBytes);
+    issue_qk(k_s + st * kKBytes);
+    issue_pv(v_s + pst * kVBytes);
     wgmma_wait<1>();  // S(it) is done; P V(it - 1) may still run
     fence_registers(s_flat);
     float alpha[2];
-    softmax_step(key0, alpha);
+    softmax_step(kbase + it * BN, alpha);
     wgmma_wait<0>();
     fence_registers(o_flat);
     OnlineSoftmax::rescale(o, alpha);
     pack_p();
-    __syncthreads();  // K stage of tile it and V stage of tile it - 1 are free for everyone
-    if (it + 1 < num_tiles) {
-      const uint32_t st = uint32_t((it + 1) & 1);
-      load_kv_tile_swizzled<T, D, BN, NT>(k_s + st * kKBytes, k_head, key0 + BN, klo, khi, tid);
-      cp_async_commit();
-      load_kv_tile_swizzled<T, DV, BN, NT>(v_s + st * kVBytes, v_head, key0 + BN, klo, khi, tid);
-      cp_async_commit();
-    } else {
-      cp_async_commit();
-      cp_async_commit();
+    __syncthreads();  // K stage st (S(it)) and V stage pst (P V(it - 1)) are free everywhere
+    if (warp == 0) {
+      if (it + 1 < num_tiles) issue_tile(it + 1, true, v_s + pst * kVBytes, v_full + 8 * pst);
+      if (it + 2 < num_tiles) issue_tile(it + 2, false, k_s + st * kKBytes, k_full + 8 * st);
     }
   }
   if (num_tiles > 0) {  // P V of the last tile
-    cp_async_wait<0>();
-    fence_proxy_async_smem();
-    __syncthreads();
-    issue_pv(v_s + uint32_t((num_tiles - 1) & 1) * kVBytes);
+    const int lt = num_tiles - 1;
+    const uint32_t st = uint32_t(lt & 1);
+    mbarrier_wait_parity(v_full + 8 * st, uint32_t(lt >> 1) & 1);
+    zero_v_outside(lt, v_s + st * kVBytes);
+    issue_pv(v_s + st * kVBytes);
     wgmma_wait<0>();
     fence_registers(o_flat);
   }
-  cp_async_wait<0>();
   state.finish();
 
   // Epilogue: each thread writes its two rows' dims 8 no + 2 t4 .. + 1 directly.
@@ -341,8 +380,10 @@ void launch_hopper_prefill(const AttentionParams& p, int64_t grid_tiles, bool pd
       PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       smem_raised[device].store(true, std::memory_order_release);
     }
+    const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
     const dim3 grid(unsigned(grid_tiles), unsigned(p.max_splits), unsigned(p.num_kv_heads));
-    launch_kernel("hopper_prefill_kernel", kernel, grid, dim3(HopperPrefillTile::kThreads), smem, stream, pdl, p);
+    launch_kernel("hopper_prefill_kernel", kernel, grid, dim3(HopperPrefillTile::kThreads), smem, stream, pdl, p,
+                  maps);
   } else {
     PGQA_CHECK_ARG(false, "head_dim/v_head_dim ", D, "/", DV, " have no Hopper prefill kernel");
   }
