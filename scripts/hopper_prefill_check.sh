@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds scripts/hopper_prefill_test.cu for sm_90a, reports registers / spills and the HGMMA count
 # of the Hopper prefill kernel, runs its checks and timings, then compute-sanitizer memcheck and
-# racecheck over the correctness cases. Logs under $OUT (else build/hopper_prefill/).
+# racecheck over the correctness cases (HOPPER_SANITIZE=0: none; HOPPER_SANITIZE_ONLY=PREFIX: the cases
+# whose name starts with PREFIX). Logs under $OUT (else build/hopper_prefill/).
 set -u -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOG="${OUT:-$ROOT/build/hopper_prefill}"
@@ -19,7 +20,8 @@ echo "local memory instructions: $("$CUDA_HOME/bin/cuobjdump" -sass "$BIN" | gre
 rc=${PIPESTATUS[0]}
 if [ "${HOPPER_SANITIZE:-1}" = 1 ]; then
   for tool in memcheck racecheck; do
-    "$CUDA_HOME/bin/compute-sanitizer" --tool "$tool" "$BIN" --no-timed 2>&1 | tail -n 3 | sed "s/^/$tool: /"
+    "$CUDA_HOME/bin/compute-sanitizer" --tool "$tool" "$BIN" --no-timed ${HOPPER_SANITIZE_ONLY:+--only="$HOPPER_SANITIZE_ONLY"} 2>&1 |
+      tail -n 3 | sed "s/^/$tool: /"
   done
 fi
 exit "$rc"

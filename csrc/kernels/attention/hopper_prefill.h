@@ -12,12 +12,16 @@
 
 namespace paddle_gqa::cuda::attn {
 
-// CTA: two warpgroups (256 threads), 128 packed q rows (64 per warpgroup), KV tiles of 128 keys,
-// two shared-memory stages.
+// CTA: two consumer warpgroups (128 packed q rows, 64 each) and a producer warpgroup whose first
+// warp issues the K / V copies (a whole warpgroup, so that registers can move to the consumers:
+// setmaxnreg works per warpgroup); KV tiles of 128 keys, two shared-memory stages.
 struct HopperPrefillTile {
   static constexpr int kBlockM = 128;
   static constexpr int kBlockN = 128;
-  static constexpr int kThreads = 256;
+  static constexpr int kConsumerThreads = 256;
+  static constexpr int kThreads = kConsumerThreads + 128;
+  static constexpr int kProducerRegs = 40;   // setmaxnreg budgets: 128 x 40 + 256 x 232 <= 64K
+  static constexpr int kConsumerRegs = 232;
   static constexpr int kStages = 2;
 };
 

@@ -2,19 +2,24 @@
 // tile map, split rule, partial-result layout, masks, sinks) with both GEMMs on warpgroup MMA
 // (wgmma) from 128-byte swizzled shared-memory tiles instead of mma.sync from ldmatrix fragments.
 //
-// CTA: two warpgroups (256 threads), 128 packed q rows (64 per warpgroup: each warp owns 16 whole
-// rows, so no cross-warp softmax merge), KV tiles of 128 keys in two stages filled by bulk tensor
-// copies (TMA, hopper_tma.cuh): each copy is one block's contiguous rows of one head and one
-// 64-element panel (hopper_kv_maps.h), so the paged gather costs warp 0 one block-table read per
-// box and nobody else anything. Tiles start 64-key aligned; keys of a tile outside the CTA's range
+// CTA: three warpgroups (384 threads). Two consumer warpgroups own 128 packed q rows (64 each:
+// each warp owns 16 whole rows, so no cross-warp softmax merge); the first warp of the producer
+// warpgroup issues bulk tensor copies (TMA, hopper_tma.cuh) of the 128-key K / V tiles into two
+// stages, each copy one block's contiguous rows of one head and one 64-element panel
+// (hopper_kv_maps.h), so the paged gather costs one block-table read per box. Stages are handed
+// over with mbarriers (full: bytes landed; empty: all 8 consumer warps done reading), so the two
+// consumer warpgroups never wait for each other and drift apart: one's softmax runs while the
+// other's GEMMs hold the tensor cores. setmaxnreg moves registers from the producer warpgroup
+// (40) to the consumers (232). Tiles start 64-key aligned; keys of a tile outside the CTA's range
 // are masked in S and their V rows zeroed before P V (their blocks may be unread or hold garbage).
 //
-// Schedule per warpgroup: S = Q K^T of tile it and P V of tile it - 1 are in flight together, the
-// softmax of tile it overlapping P V. Copies are issued after the one CTA barrier per tile, K two
-// tiles ahead and V one tile ahead, so each has a whole tile of compute to land in.
-// A warp-specialised variant (a cp.async producer warpgroup feeding two consumers through
-// mbarriers, with and without pingpong turns) measured 1-8% slower on H100 (BENCHMARKS.md,
-// session 2) and was dropped.
+// Per consumer warpgroup: S = Q K^T of tile it and P V of tile it - 1 are in flight together, the
+// softmax of tile it overlapping P V.
+// History (BENCHMARKS.md): the session-2 kernel had all 256 threads gather with cp.async and one
+// CTA barrier per tile (prefill_g3 292 TFLOP/s); TMA copies with that lockstep gave 375; this
+// producer / consumer split 570. Explicit pingpong turns between the consumers (named barriers)
+// were tried with it and dropped (they deadlocked in the first attempt; the free-running
+// warpgroups already overlap).
 // Included by the generated instantiation files through attention_kernel.cuh.
 #pragma once
 
@@ -81,7 +86,6 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
   using namespace sm90;
   constexpr int BM = HopperPrefillTile::kBlockM;
   constexpr int BN = HopperPrefillTile::kBlockN;
-  constexpr int NT = HopperPrefillTile::kThreads;
   constexpr int NB = BN / 8;   // 8-key accumulator blocks of S per thread row pair
   constexpr int NO = DV / 8;   // 8-dim accumulator blocks of O
   constexpr int PK = D / 64;   // 64-element panels of a K row
@@ -119,9 +123,76 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
   // Keys every row of the tile sees and that lie in [klo, khi]: tiles inside need no mask.
   const int full_lo = max(int(last.lo), klo), full_hi = min(int(first.hi), khi);
 
+  extern __shared__ unsigned char smem_raw[];
+  constexpr int kStages = HopperPrefillTile::kStages;
+  constexpr int kConsumers = HopperPrefillTile::kConsumerThreads;
+  __shared__ alignas(8) uint64_t stage_bars[4 * kStages];  // K full, V full, K empty, V empty
+  const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t q_s = smem0;
+  const uint32_t k_s = q_s + kQBytes;             // [stage] K tiles
+  const uint32_t v_s = k_s + kStages * kKBytes;   // [stage] V tiles
+  const uint32_t k_full = smem_u32(&stage_bars[0]);  // + 8 stage, likewise the others
+  const uint32_t v_full = k_full + 8 * kStages;
+  const uint32_t k_empty = v_full + 8 * kStages;
+  const uint32_t v_empty = k_empty + 8 * kStages;
+
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
+  if (tid == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      mbarrier_init(k_full + 8u * i, 1);
+      mbarrier_init(v_full + 8u * i, 1);
+      mbarrier_init(k_empty + 8u * i, kConsumers / 32);
+      mbarrier_init(v_empty + 8u * i, kConsumers / 32);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();  // the only barrier over all warps
+
+  if (warp >= kConsumers / 32) {
+    setmaxnreg_dec<HopperPrefillTile::kProducerRegs>();
+    // Producer warp (the first of its warpgroup; the others have nothing to do): K(t) and V(t)
+    // into stage t % 2 once the consumers released the stage's tile t - 2, one (box, panel) copy
+    // per lane and pass. Boxes wholly outside [klo, khi] are not read (their blocks may be -1);
+    // their rows keep stale data, masked in S and zeroed in V.
+    if (warp != kConsumers / 32 || num_tiles == 0) return;
+    if (lane == 0) {
+      prefetch_tensor_map(&maps.k);
+      prefetch_tensor_map(&maps.v);
+    }
+    const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
+    const int bs_log2 = p.block_size_log2;
+    const int box_rows = kv_box_rows(1 << bs_log2);
+    const int boxes = BN / box_rows;  // per panel of a tile
+    auto issue = [&](int t, const void* map, int panels, uint32_t stage, uint32_t bar) {
+      const int key0 = kbase + t * BN;
+      const int box_lo = max(0, (klo - key0) / box_rows);
+      const int box_hi = min(boxes - 1, (khi - key0) / box_rows);
+      const int nbox = box_hi - box_lo + 1;
+      if (lane == 0) mbarrier_arrive_expect_tx(bar, uint32_t(nbox * panels * box_rows * 128));
+      __syncwarp();
+      for (int job = lane; job < nbox * panels; job += 32) {
+        const int bx = box_lo + job % nbox;
+        const int pn = job / nbox;
+        const int key = key0 + bx * box_rows;
+        const int block = block_row[key >> bs_log2];
+        const int row = ((block * p.num_kv_heads + kvh) << bs_log2) + (key & ((1 << bs_log2) - 1));
+        tma_load_2d(stage + uint32_t(pn * BN * 128 + bx * box_rows * 128), map, pn * 64, row, bar);
+      }
+    };
+    for (int t = 0; t < num_tiles; ++t) {
+      const uint32_t st = uint32_t(t % kStages);
+      const uint32_t parity = uint32_t(t / kStages - 1) & 1;  // the release of tile t - kStages
+      if (t >= kStages) mbarrier_wait_parity(k_empty + 8 * st, parity);
+      issue(t, &maps.k, PK, k_s + st * kKBytes, k_full + 8 * st);
+      if (t >= kStages) mbarrier_wait_parity(v_empty + 8 * st, parity);
+      issue(t, &maps.v, PV, v_s + st * kVBytes, v_full + 8 * st);
+    }
+    return;
+  }
+
+  setmaxnreg_inc<HopperPrefillTile::kConsumerRegs>();
   const int wg = warp >> 2;
   const int g = lane >> 2;
   const int t4 = lane & 3;
@@ -138,40 +209,10 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
       row_hi[i] = min(int(kr.hi), khi);
     }
   }
-
-  extern __shared__ unsigned char smem_raw[];
-  __shared__ alignas(8) uint64_t stage_full[2 * HopperPrefillTile::kStages];  // K stages, then V stages
-  const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t q_s = smem0;
-  const uint32_t k_s = q_s + kQBytes;                               // [stage] K tiles
-  const uint32_t v_s = k_s + HopperPrefillTile::kStages * kKBytes;  // [stage] V tiles
-  const uint32_t k_full = smem_u32(&stage_full[0]);                 // + 8 stage
-  const uint32_t v_full = smem_u32(&stage_full[HopperPrefillTile::kStages]);
-
-  const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
-  const int bs_log2 = p.block_size_log2;
-  const int box_rows = kv_box_rows(1 << bs_log2);
-  const int boxes = BN / box_rows;  // per panel of a tile
-  // Warp 0: arms `bar` with the bytes of tile t's K (or V) boxes that meet [klo, khi] and copies
-  // them into `stage`, one (box, panel) per lane and pass. Boxes wholly outside are not read (their
-  // blocks may be -1); their rows keep stale data, masked in S and zeroed in V (zero_v_outside).
-  auto issue_tile = [&](int t, bool is_v, uint32_t stage, uint32_t bar) {
-    const int key0 = kbase + t * BN;
-    const int box_lo = max(0, (klo - key0) / box_rows);
-    const int box_hi = min(boxes - 1, (khi - key0) / box_rows);
-    const int nbox = box_hi - box_lo + 1;
-    const int panels = is_v ? PV : PK;
-    if (lane == 0) mbarrier_arrive_expect_tx(bar, uint32_t(nbox * panels * box_rows * 128));
+  // Consumer warps release a stage's K or V once their wgmma reads of it are done.
+  auto release = [&](uint32_t bar) {
     __syncwarp();
-    const void* map = is_v ? static_cast<const void*>(&maps.v) : static_cast<const void*>(&maps.k);
-    for (int job = lane; job < nbox * panels; job += 32) {
-      const int bx = box_lo + job % nbox;
-      const int pn = job / nbox;
-      const int key = key0 + bx * box_rows;
-      const int block = block_row[key >> bs_log2];
-      const int row = ((block * p.num_kv_heads + kvh) << bs_log2) + (key & ((1 << bs_log2) - 1));
-      tma_load_2d(stage + uint32_t(pn * BN * 128 + bx * box_rows * 128), map, pn * 64, row, bar);
-    }
+    if (lane == 0) mbarrier_arrive(bar);
   };
   // Tile t's V rows of keys outside [klo, khi] become zero, so that P = 0 there gives exactly 0
   // (stale or unwritten rows may hold NaN). Only a tile reaching past the range does work; the
@@ -179,7 +220,7 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
   auto zero_v_outside = [&](int t, uint32_t stage) {
     const int key0 = kbase + t * BN;
     if (key0 >= klo && key0 + BN - 1 <= khi) return;  // uniform over the CTA
-    for (int idx = tid; idx < PV * BN * 8; idx += NT) {
+    for (int idx = tid; idx < PV * BN * 8; idx += kConsumers) {
       const int r = (idx >> 3) % BN;
       const int key = key0 + r;
       if (key < klo || key > khi) {
@@ -188,25 +229,11 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
       }
     }
     fence_proxy_async_smem();
-    __syncthreads();
+    named_barrier_sync(1, kConsumers);
   };
 
-  if (tid == 0) {
-    for (int i = 0; i < 2 * HopperPrefillTile::kStages; ++i) mbarrier_init(k_full + 8u * i, 1);
-    fence_barrier_init();
-  }
-  __syncwarp();
-  if (warp == 0 && num_tiles > 0) {  // K(0), V(0), K(1) while Q loads
-    if (lane == 0) {
-      prefetch_tensor_map(&maps.k);
-      prefetch_tensor_map(&maps.v);
-    }
-    issue_tile(0, false, k_s, k_full);
-    issue_tile(0, true, v_s, v_full);
-    if (num_tiles > 1) issue_tile(1, false, k_s + kKBytes, k_full + 8);
-  }
-  load_q_tile_swizzled<T, D, BM, NT, GROUP>(q_s, static_cast<const T*>(p.q), p.q_row_stride, p.q_head_stride, tok0,
-                                            row0, rows_here, kvh, p.group, tid);
+  load_q_tile_swizzled<T, D, BM, kConsumers, GROUP>(q_s, static_cast<const T*>(p.q), p.q_row_stride,
+                                                    p.q_head_stride, tok0, row0, rows_here, kvh, p.group, tid);
   cp_async_commit();
   float o[NO][4];
 #pragma unroll
@@ -273,47 +300,39 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
 
   cp_async_wait<0>();  // Q
   fence_proxy_async_smem();
-  __syncthreads();  // Q and the initialised barriers are visible to every thread
-  // Stage use u of a stage (tile t = 2 u + stage) completes barrier phase u: parity (t >> 1) & 1.
+  named_barrier_sync(1, kConsumers);  // Q is visible to both warpgroups
   if (num_tiles > 0) {
     mbarrier_wait_parity(k_full, 0);
     issue_qk(k_s);
     wgmma_wait<0>();
     fence_registers(s_flat);
+    release(k_empty);
     float alpha[2];
     softmax_step(kbase, alpha);
     pack_p();  // O is zero: no rescale
-    __syncthreads();  // S(0) is done everywhere: K stage 0 is free
-    if (warp == 0) {
-      if (num_tiles > 1) issue_tile(1, true, v_s + kVBytes, v_full + 8);
-      if (num_tiles > 2) issue_tile(2, false, k_s, k_full);
-    }
   }
   for (int it = 1; it < num_tiles; ++it) {
-    const uint32_t st = uint32_t(it & 1), pst = st ^ 1u;
-    mbarrier_wait_parity(k_full + 8 * st, uint32_t(it >> 1) & 1);
-    mbarrier_wait_parity(v_full + 8 * pst, uint32_t((it - 1) >> 1) & 1);
+    const uint32_t st = uint32_t(it % kStages), pst = uint32_t((it - 1) % kStages);
+    mbarrier_wait_parity(k_full + 8 * st, uint32_t(it / kStages) & 1);
+    mbarrier_wait_parity(v_full + 8 * pst, uint32_t((it - 1) / kStages) & 1);
     zero_v_outside(it - 1, v_s + pst * kVBytes);
     issue_qk(k_s + st * kKBytes);
     issue_pv(v_s + pst * kVBytes);
     wgmma_wait<1>();  // S(it) is done; P V(it - 1) may still run
     fence_registers(s_flat);
+    release(k_empty + 8 * st);
     float alpha[2];
     softmax_step(kbase + it * BN, alpha);
     wgmma_wait<0>();
     fence_registers(o_flat);
+    release(v_empty + 8 * pst);
     OnlineSoftmax::rescale(o, alpha);
     pack_p();
-    __syncthreads();  // K stage st (S(it)) and V stage pst (P V(it - 1)) are free everywhere
-    if (warp == 0) {
-      if (it + 1 < num_tiles) issue_tile(it + 1, true, v_s + pst * kVBytes, v_full + 8 * pst);
-      if (it + 2 < num_tiles) issue_tile(it + 2, false, k_s + st * kKBytes, k_full + 8 * st);
-    }
   }
   if (num_tiles > 0) {  // P V of the last tile
     const int lt = num_tiles - 1;
-    const uint32_t st = uint32_t(lt & 1);
-    mbarrier_wait_parity(v_full + 8 * st, uint32_t(lt >> 1) & 1);
+    const uint32_t st = uint32_t(lt % kStages);
+    mbarrier_wait_parity(v_full + 8 * st, uint32_t(lt / kStages) & 1);
     zero_v_outside(lt, v_s + st * kVBytes);
     issue_pv(v_s + st * kVBytes);
     wgmma_wait<0>();
