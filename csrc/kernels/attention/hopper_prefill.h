@@ -37,10 +37,11 @@ constexpr int hopper_prefill_smem_bytes(int d, int dv) {
 }
 static_assert(hopper_prefill_smem_bytes(192, 128) <= 227 * 1024, "the widest tile fits Hopper's 227 KB");
 
-// Windows narrower than this stay on the mma.sync kernel: its 64-key tiles waste less of a
-// 128-key tile on keys outside a short window (H100, 2 x 8k tokens, W = 128, 192/128: 100 against
-// 94 TFLOP/s; W = 1024, 128/128: 198 against 226 for the Hopper kernel).
-inline constexpr int kHopperMinWindow = 512;
+// Windows narrower than this stay on the mma.sync kernel, whose 64-key tiles waste less of a
+// short window. H100, 2 x 8k tokens, W = 128, 192/128: 107 TFLOP/s for the TMA / warp-specialised
+// Hopper kernel alone against 101 for the mma.sync kernel in the benchmark (session 3; with the
+// session-2 cp.async Hopper kernel it was 94 against 100, and the threshold was 512).
+inline constexpr int kHopperMinWindow = 128;
 
 inline constexpr int kMaxHopperDevices = 64;
 
