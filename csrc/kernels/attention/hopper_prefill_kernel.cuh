@@ -77,7 +77,7 @@ __device__ __forceinline__ void load_q_tile_swizzled(uint32_t dst, const T* q, i
 
 }  // namespace sm90
 
-// Grid (grid_tiles, max_splits, Hkv) as paged_attention_kernel; block 256 threads, one CTA per SM.
+// Grid (grid_tiles, max_splits, Hkv) as paged_attention_kernel; block 384 threads, one CTA per SM.
 // `maps` (make_hopper_kv_maps) describes p.k_cache and p.v_cache for the bulk tensor copies.
 template <typename T, int D, int DV, int GROUP>
 __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
