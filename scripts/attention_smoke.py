@@ -16,7 +16,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NVCC = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
-FLAGS = ["-gencode=arch=compute_90a,code=sm_90a", "-std=c++17", "-O3", f"-I{ROOT / 'csrc/include'}"]
+FLAGS = ["-gencode=arch=compute_90a,code=sm_90a", "-std=c++17", "-O3", "--expt-relaxed-constexpr",
+         "-static-global-template-stub=false", "-DPGQA_BUILD_SM90A", f"-I{ROOT / 'csrc/include'}"]
 
 
 def compile_all(build: pathlib.Path, log, defines=()) -> pathlib.Path:
