@@ -25,10 +25,18 @@ namespace paddle_gqa::cuda::attn {
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr int kMaxDevices = 64;
 
+// Whether a config's K / V tiles arrive by TMA bulk copies when the kernel runs as sm_90a code:
+// the decode config with head dims of whole 64-element swizzle panels. On H100 the 16-byte cp.async
+// gather held the decode kernel to ~80% of DRAM bandwidth (ncu, BENCHMARKS.md session 3).
+template <class Cfg, int D, int DV>
+inline constexpr bool kDecodeTmaKv = Cfg::kBlockM == kDecodeBlockM && D % 64 == 0 && DV % 64 == 0;
+
 // Grid (grid_tiles, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) takes q tile
 // grid_tiles - 1 - x of the tile map (its slot b from tile_start), kv head kvh, and split s of that tile's KV tiles.
+// `maps` (make_hopper_kv_maps) is read only by sm_90a code of a kDecodeTmaKv config.
 template <typename T, int D, int DV, int GROUP, class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads)
+    paged_attention_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
   constexpr int BM = Cfg::kBlockM;
   constexpr int BN = Cfg::kBlockN;
   constexpr int WN = Cfg::kWarpsN;
@@ -42,6 +50,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   constexpr int NO = DV / 8;         // output accumulator blocks per warp (8 dims each)
   constexpr int OS = DV + kEpiloguePad;
   static_assert(D % 16 == 0 && DV % 16 == 0, "head dims are multiples of 16");
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // K / V stages are [BN][D] (and [BN][Dv]) 128-byte swizzled panels filled by TMA: no padding, so
+  // ldmatrix addresses apply the swizzle (chunk c of row r at r * 128 + ((c ^ r % 8) * 16)).
+  constexpr bool kTma = kDecodeTmaKv<Cfg, D, DV>;
+#else
+  constexpr bool kTma = false;
+#endif
 
   pdl_wait();  // the step check (tile maps, error record) and any kernel before this one are done
   pdl_launch_dependents();
@@ -105,22 +120,80 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   T* q_s = reinterpret_cast<T*>(smem_raw);  // [BM][QS]
   T* k_s = q_s + BM * QS;                   // [S][BN][QS]
   T* v_s = k_s + S * BN * QS;               // [S][BN][VS]
+  // The TMA layout: Q as above, then K stages and V stages of swizzled panels from the next
+  // 1024-byte boundary (the swizzle period); it fits the padded layout's bytes (static_assert).
+  constexpr uint32_t kTmaKBytes = BN * D * 2, kTmaVBytes = BN * DV * 2;
+  static_assert(!kTma || 1024 + BM * QS * 2 + S * (kTmaKBytes + kTmaVBytes) <= attention_smem_bytes<Cfg, D, DV>(),
+                "the TMA stages fit the shared memory the config launches with");
+  const uint32_t k_tma = (smem_u32(q_s + BM * QS) + 1023u) & ~1023u;  // [S] K panels
+  const uint32_t v_tma = k_tma + S * kTmaKBytes;                      // [S] V panels
+  __shared__ alignas(8) uint64_t stage_full[kTma ? S : 1];
+  const uint32_t full0 = smem_u32(&stage_full[0]);  // + 8 stage
 
   const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
   const PagedHead<T, D> k_head{static_cast<const T*>(p.k_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
   const PagedHead<T, DV> v_head{static_cast<const T*>(p.v_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
 
+  // TMA: warp 0 arms stage st's barrier with the bytes of tile kt's boxes that meet [lo, hi] (at
+  // most 64 rows of one block and head by 64 elements each; boxes wholly outside are not read,
+  // their blocks may be -1) and copies them, one (box, panel) per lane and pass.
+  [[maybe_unused]] auto issue_tile = [&](int kt, int st) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if constexpr (kTma) {
+      const int bs_log2 = p.block_size_log2;
+      const int box_rows = kv_box_rows(1 << bs_log2);
+      const int key0 = kt * BN;
+      const int box_lo = max(0, (lo - key0) / box_rows);
+      const int box_hi = min(BN / box_rows - 1, (hi - key0) / box_rows);
+      const int nbox = box_hi - box_lo + 1;
+      const uint32_t bar = full0 + 8u * st;
+      if (lane == 0) sm90::mbarrier_arrive_expect_tx(bar, uint32_t(nbox * (D / 64 + DV / 64) * box_rows * 128));
+      __syncwarp();
+      for (int job = lane; job < nbox * (D / 64 + DV / 64); job += 32) {
+        const int bx = box_lo + job % nbox;
+        const int pn = job / nbox;  // K panels, then V panels
+        const bool is_v = pn >= D / 64;
+        const int key = key0 + bx * box_rows;
+        const int block = block_row[key >> bs_log2];
+        const int row = ((block * p.num_kv_heads + kvh) << bs_log2) + (key & ((1 << bs_log2) - 1));
+        const uint32_t dst = is_v ? v_tma + st * kTmaVBytes + (pn - D / 64) * (BN * 128)
+                                  : k_tma + st * kTmaKBytes + pn * (BN * 128);
+        sm90::tma_load_2d(dst + uint32_t(bx * box_rows * 128), is_v ? static_cast<const void*>(&maps.v)
+                                                                     : static_cast<const void*>(&maps.k),
+                          (is_v ? pn - D / 64 : pn) * 64, row, bar);
+      }
+    }
+#endif
+  };
+
   load_q_tile<T, D, BM, NT, GROUP>(q_s, static_cast<const T*>(p.q), p.q_row_stride, p.q_head_stride, tok0, row0,
                                    rows_here, kvh, p.group, tid);
-  // Prologue: tiles kt_begin .. kt_begin + S - 2 into stages 0 .. S - 2, one cp.async group each
-  // (the first also holds Q). Groups are committed even when empty so that group i is tile i.
-#pragma unroll
-  for (int st = 0; st < S - 1; ++st) {
-    if (kt_begin + st < kt_end) {
-      load_kv_tile<T, D, BN, NT>(k_s + st * BN * QS, k_head, (kt_begin + st) * BN, lo, hi, tid);
-      load_kv_tile<T, DV, BN, NT>(v_s + st * BN * VS, v_head, (kt_begin + st) * BN, lo, hi, tid);
+  if constexpr (kTma) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (tid == 0) {
+      for (int st = 0; st < S; ++st) sm90::mbarrier_init(full0 + 8u * st, 1);
+      sm90::fence_barrier_init();
+    }
+    __syncwarp();
+    if (warp == 0) {
+      for (int st = 0; st < S - 1; ++st)
+        if (kt_begin + st < kt_end) issue_tile(kt_begin + st, st);
     }
     cp_async_commit();
+    cp_async_wait<0>();  // Q
+    __syncthreads();     // Q and the initialised barriers are visible to every warp
+#endif
+  } else {
+    // Prologue: tiles kt_begin .. kt_begin + S - 2 into stages 0 .. S - 2, one cp.async group each
+    // (the first also holds Q). Groups are committed even when empty so that group i is tile i.
+#pragma unroll
+    for (int st = 0; st < S - 1; ++st) {
+      if (kt_begin + st < kt_end) {
+        load_kv_tile<T, D, BN, NT>(k_s + st * BN * QS, k_head, (kt_begin + st) * BN, lo, hi, tid);
+        load_kv_tile<T, DV, BN, NT>(v_s + st * BN * VS, v_head, (kt_begin + st) * BN, lo, hi, tid);
+      }
+      cp_async_commit();
+    }
   }
 
   float o[MA][NO][4];
@@ -136,18 +209,48 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
   const int q_off = (warp_row0 + (lane & 15)) * QS + (lane >> 4) * 8;
   const int k_off = (wn * KW + ((lane >> 4) << 3) + (lane & 7)) * QS + ((lane >> 3) & 1) * 8;
   const int v_off = (wn * KW + (lane & 7) + ((lane >> 3) & 1) * 8) * VS + (lane >> 4) * 8;
+  // The same lanes' rows and 16-byte chunks in the swizzled TMA stages: row r = base + 16 step,
+  // chunk c = lane part + 2 step', so r % 8 = lane % 8 and c never carries into the panel index.
+  const int k_row = wn * KW + ((lane >> 4) << 3) + (lane & 7), k_chunk = (lane >> 3) & 1;
+  const int v_row = wn * KW + (lane & 7) + ((lane >> 3) & 1) * 8, v_chunk = lane >> 4;
+  const int swz = lane & 7;
 
   for (int kt = kt_begin; kt < kt_end; ++kt) {
     const int it = kt - kt_begin;
-    if (kt + S - 1 < kt_end) {  // refill the stage tile kt - 1 used (freed by the barrier below)
-      const int st = (it + S - 1) % S;
-      load_kv_tile<T, D, BN, NT>(k_s + st * BN * QS, k_head, (kt + S - 1) * BN, lo, hi, tid);
-      load_kv_tile<T, DV, BN, NT>(v_s + st * BN * VS, v_head, (kt + S - 1) * BN, lo, hi, tid);
-    }
-    cp_async_commit();
-    cp_async_wait<S - 1>();  // tile kt has landed; the S - 1 after it may still be in flight
-    __syncthreads();
     const int stage = it % S;
+    if constexpr (kTma) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      // Refill the stage tile kt - 1 used (freed by the barrier at the end of the last iteration).
+      if (warp == 0 && kt + S - 1 < kt_end) issue_tile(kt + S - 1, (it + S - 1) % S);
+      sm90::mbarrier_wait_parity(full0 + 8u * stage, uint32_t(it / S) & 1);
+      if (kt * BN < lo || kt * BN + BN - 1 > hi) {
+        // Keys of the tile outside [lo, hi] were not read or are not this step's: the warp zeroes
+        // its own V rows there (P = 0 must meet finite V), then orders the stores before the
+        // stage's next bulk copy.
+        const uint32_t v_stage = v_tma + stage * kTmaVBytes;
+        for (int idx = lane; idx < KW * (DV / 64) * 8; idx += 32) {
+          const int r = wn * KW + idx / ((DV / 64) * 8);
+          const int rest = idx % ((DV / 64) * 8);
+          const int key = kt * BN + r;
+          if (key < lo || key > hi) {
+            const uint32_t addr = v_stage + uint32_t((rest >> 3) * (BN * 128) + r * 128 + (rest & 7) * 16);
+            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
+          }
+        }
+        sm90::fence_proxy_async_smem();
+        __syncwarp();
+      }
+#endif
+    } else {
+      if (kt + S - 1 < kt_end) {  // refill the stage tile kt - 1 used (freed by the barrier below)
+        const int st = (it + S - 1) % S;
+        load_kv_tile<T, D, BN, NT>(k_s + st * BN * QS, k_head, (kt + S - 1) * BN, lo, hi, tid);
+        load_kv_tile<T, DV, BN, NT>(v_s + st * BN * VS, v_head, (kt + S - 1) * BN, lo, hi, tid);
+      }
+      cp_async_commit();
+      cp_async_wait<S - 1>();  // tile kt has landed; the S - 1 after it may still be in flight
+      __syncthreads();
+    }
 
     // S = Q K^T for the warp's 16 MA rows x KW keys.
     const T* k_stage = k_s + stage * BN * QS;
@@ -164,7 +267,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
 #pragma unroll
       for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
         uint32_t bk[4];
-        ldmatrix_x4(bk, smem_u32(k_stage + k_off + nb2 * 16 * QS + kk * 16));
+        if constexpr (kTma) {
+          const int c = k_chunk + 2 * (kk & 3);
+          ldmatrix_x4(bk, k_tma + stage * kTmaKBytes + (kk >> 2) * (BN * 128) + (k_row + 16 * nb2) * 128 +
+                              ((c ^ swz) << 4));
+        } else {
+          ldmatrix_x4(bk, smem_u32(k_stage + k_off + nb2 * 16 * QS + kk * 16));
+        }
 #pragma unroll
         for (int a = 0; a < MA; ++a) {
           mma_16816<T>(s[a][2 * nb2], qa[a], bk[0], bk[1]);
@@ -206,7 +315,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) paged_attention_kernel(const At
 #pragma unroll
       for (int dn2 = 0; dn2 < NO / 2; ++dn2) {
         uint32_t bv[4];
-        ldmatrix_x4_trans(bv, smem_u32(v_stage + v_off + kk * 16 * VS + dn2 * 16));
+        if constexpr (kTma) {
+          const int c = v_chunk + 2 * (dn2 & 3);
+          ldmatrix_x4_trans(bv, v_tma + stage * kTmaVBytes + (dn2 >> 2) * (BN * 128) + (v_row + 16 * kk) * 128 +
+                                    ((c ^ swz) << 4));
+        } else {
+          ldmatrix_x4_trans(bv, smem_u32(v_stage + v_off + kk * 16 * VS + dn2 * 16));
+        }
 #pragma unroll
         for (int a = 0; a < MA; ++a) {
           mma_16816<T>(o[a][2 * dn2], pa[a], bv[0], bv[1]);
@@ -326,8 +441,14 @@ void launch_config(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaS
     PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (device < kMaxDevices) smem_raised[device].store(true, std::memory_order_release);
   }
+  // The tensor maps only where the kernel runs its sm_90a TMA path (an sm_90a build on an sm_90
+  // device; hopper_prefill_available); elsewhere it never reads them.
+  HopperKvMaps maps{};
+  if constexpr (kDecodeTmaKv<Cfg, D, DV>) {
+    if (hopper_prefill_available(device)) maps = make_hopper_kv_maps<T>(p, D, DV);
+  }
   const dim3 grid(unsigned(columns), unsigned(p.max_splits), unsigned(p.num_kv_heads));
-  launch_kernel("paged_attention_kernel", kernel, grid, dim3(Cfg::kThreads), smem, stream, pdl, p);
+  launch_kernel("paged_attention_kernel", kernel, grid, dim3(Cfg::kThreads), smem, stream, pdl, p, maps);
 }
 
 // The prefill tiles: the Hopper kernel where the plan chose it (sm_90a build on an sm_90 device,

@@ -82,9 +82,26 @@ HopperKvMaps make_hopper_kv_maps(const AttentionParams& p, int d, int dv) {
   // Box coordinates are int32.
   PGQA_CHECK_ARG(rows < (int64_t(1) << 31), "key_cache/value_cache hold ", rows,
                  " rows (num_blocks x Hkv x block_size): the Hopper prefill kernel addresses at most 2^31 - 1");
+  // A call's prefill and decode launches, and the next calls of a layer loop over the same caches,
+  // reuse the last maps built on this thread (the encoding is host work on the launch path).
+  struct Key {
+    const void* k;
+    const void* v;
+    int64_t rows;
+    int d, dv, block_size;
+    bool operator==(const Key& o) const {
+      return k == o.k && v == o.v && rows == o.rows && d == o.d && dv == o.dv && block_size == o.block_size;
+    }
+  };
+  thread_local Key last_key{};
+  thread_local HopperKvMaps last_maps{};
+  const Key key{p.k_cache, p.v_cache, rows, d, dv, block_size};
+  if (key == last_key) return last_maps;
   HopperKvMaps maps{};
   detail::encode_kv_map<T>(&maps.k, p.k_cache, rows, d, block_size, "key_cache");
   detail::encode_kv_map<T>(&maps.v, p.v_cache, rows, dv, block_size, "value_cache");
+  last_key = key;
+  last_maps = maps;
   return maps;
 }
 
