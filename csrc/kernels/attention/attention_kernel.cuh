@@ -1,6 +1,8 @@
 // The paged attention kernel: FlashAttention-2-style forward over a paged KV cache with GQA rows
 // packed into the M tile, causal / sliding-window masks on boundary tiles only, sinks, and KV
-// splits whose partial results merge_kernel.cuh combines. Included by the generated
+// splits whose partial results merge_kernel.cuh combines. K / V tiles are gathered by 16-byte
+// cp.async, except in sm_90a code of the decode config (kDecodeTmaKv), where TMA bulk copies fill
+// swizzled stages. Included by the generated
 // instantiation files (csrc/kernels/generated/attention_*.cu), one (dtype, D, Dv, G) each.
 #pragma once
 
