@@ -444,10 +444,10 @@ void launch_config(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaS
     if (device < kMaxDevices) smem_raised[device].store(true, std::memory_order_release);
   }
   // The tensor maps only where the kernel runs its sm_90a TMA path (an sm_90a build on an sm_90
-  // device; hopper_prefill_available); elsewhere it never reads them.
+  // device; runs_sm90a_code); elsewhere it never reads them.
   HopperKvMaps maps{};
   if constexpr (kDecodeTmaKv<Cfg, D, DV>) {
-    if (hopper_prefill_available(device)) maps = make_hopper_kv_maps<T>(p, D, DV);
+    if (runs_sm90a_code(device)) maps = make_hopper_kv_maps<T>(p, D, DV);
   }
   const dim3 grid(unsigned(columns), unsigned(p.max_splits), unsigned(p.num_kv_heads));
   launch_kernel("paged_attention_kernel", kernel, grid, dim3(Cfg::kThreads), smem, stream, pdl, p, maps);

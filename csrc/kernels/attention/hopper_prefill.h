@@ -45,10 +45,11 @@ inline constexpr int kHopperMinWindow = 128;
 
 inline constexpr int kMaxHopperDevices = 64;
 
-// Whether `device` runs the Hopper kernel: the build carries sm_90a code (PGQA_BUILD_SM90A, set by
-// the build scripts when 90a is among the targets) and the device is compute capability 9.0, which
-// then loads the sm_90a binary. Cached per device.
-inline bool hopper_prefill_available(int device) {
+// Whether `device` runs the sm_90a code of this build (the Hopper prefill kernel, the TMA path of
+// the decode tiles): the build carries it (PGQA_BUILD_SM90A, set by the build scripts when 90a is
+// among the targets) and the device is compute capability 9.0, which then loads the sm_90a binary.
+// Cached per device.
+inline bool runs_sm90a_code(int device) {
 #if defined(PGQA_BUILD_SM90A)
   static std::atomic<int> cached[kMaxHopperDevices];  // 0 unknown, 1 no, 2 yes
   if (device < 0 || device >= kMaxHopperDevices) return false;
@@ -73,7 +74,7 @@ inline bool use_hopper_prefill(const ProblemShape& shape) {
   if (shape.sliding_window > 0 && shape.sliding_window < kHopperMinWindow) return false;
   int device = 0;
   PGQA_CUDA_CHECK(cudaGetDevice(&device));
-  return hopper_prefill_available(device);
+  return runs_sm90a_code(device);
 }
 
 }  // namespace paddle_gqa::cuda::attn

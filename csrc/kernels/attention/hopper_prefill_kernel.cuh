@@ -377,7 +377,7 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
     }
   }
 #else
-  __trap();  // launched only on sm_90 devices of an sm_90a build (hopper_prefill_available)
+  __trap();  // launched only on sm_90 devices of an sm_90a build (runs_sm90a_code)
 #endif
 }
 
