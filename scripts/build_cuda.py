@@ -6,7 +6,7 @@ the generated instantiations included; g++ for csrc/common/*.cc and csrc/dlpack/
 statically) and runs ninja. Prints the build time and the number of generated instantiations.
 
 Usage: python scripts/build_cuda.py [--subset full|ci] [--arch 90a[,80]] [--jobs N] [--lineinfo]
-                                    [--cudart static|shared]
+                                    [--cudart static|shared] [-D NAME[=VALUE] ...]
 """
 import argparse
 import os
@@ -114,6 +114,7 @@ def write_ninja(args, home: pathlib.Path, cu, cc) -> pathlib.Path:
         nvcc_flags.append("-static-global-template-stub=false")
     if args.lineinfo:
         nvcc_flags.append("-lineinfo")
+    nvcc_flags += [f"-D{d}" for d in args.define]
     cxx = os.environ.get("CXX", "g++")
     cxx_flags = common + ["-fPIC", "-fvisibility=hidden", "-Wall", f"-I{home / 'include'}"] + includes + pybind
     # The shared libstdc++ is named first, by soname: where only libstdc++.a answers g++'s implicit
@@ -171,6 +172,8 @@ def main() -> None:
     ap.add_argument("--arch", default="90a", help="compute capabilities, comma-separated (default: 90a)")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="parallel compile jobs")
     ap.add_argument("--lineinfo", action="store_true", help="add -lineinfo (for compute-sanitizer reports)")
+    ap.add_argument("--define", "-D", action="append", default=[],
+                    help="an extra nvcc -D (A/B builds of a kernel change); repeatable")
     ap.add_argument("--cudart", choices=("static", "shared"), default="static",
                     help="link the CUDA runtime statically (default) or as libcudart.so with an rpath")
     args = ap.parse_args()

@@ -46,8 +46,8 @@ struct Case {
   int bs = 64;             // block_size
 };
 
-template <typename T, int D, int DV, int GROUP>  // GROUP 0: the runtime-group kernel
-static bool run(const Case& c, uint32_t seed) {
+template <typename T, int D, int DV, int GROUP, class Tile>  // GROUP 0: the runtime-group kernel
+static bool run_tile(const Case& c, uint32_t seed) {
   const int G = c.hq / c.hkv;
   if (GROUP != 0 && GROUP != G) { std::printf("%s: group %d != template %d\n", c.name.c_str(), G, GROUP); return false; }
   if (!g_only.empty() && c.name.rfind(g_only, 0) != 0) return true;
@@ -106,9 +106,10 @@ static bool run(const Case& c, uint32_t seed) {
   std::vector<float> sinks(c.hq);
   for (auto& x : sinks) x = nd(rng) + 1.f;
 
-  // Tile map: ceil(n G / 128) tiles per slot.
+  // Tile map: ceil(n G / BM) tiles per slot.
+  constexpr int BM = Tile::kBlockM;
   std::vector<int> tile_start{0};
-  for (int b = 0; b < B; ++b) tile_start.push_back(tile_start.back() + (c.slots[b].second * G + 127) / 128);
+  for (int b = 0; b < B; ++b) tile_start.push_back(tile_start.back() + (c.slots[b].second * G + BM - 1) / BM);
 
   T* dq = to_device(q);
   T* dk = to_device(kc);
@@ -158,13 +159,13 @@ static bool run(const Case& c, uint32_t seed) {
   p.causal = true;
   const double scale = 1.0 / std::sqrt(double(D));
   p.scale_log2 = float(scale * 1.4426950408889634);
-  p.prefill_block_m = 128;
+  p.prefill_block_m = BM;
   p.block_n = 64;
   p.max_splits = c.max_splits;
 
-  auto kernel = hopper_prefill_kernel<T, D, DV, GROUP>;
-  const int smem = hopper_prefill_smem_bytes(D, DV);
-  const int threads = HopperPrefillTile::kThreads;
+  auto kernel = hopper_prefill_kernel<T, D, DV, GROUP, Tile>;
+  const int smem = hopper_prefill_smem_bytes<Tile>(D, DV);
+  const int threads = Tile::kThreads;
   CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid(unsigned(tile_start.back()), unsigned(c.max_splits), unsigned(c.hkv));
   const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
@@ -245,7 +246,8 @@ static bool run(const Case& c, uint32_t seed) {
   }
   const double rel = std::sqrt(err2 / std::max(ref2, 1e-30));
   const bool ok = unwritten == 0 && rel < 1e-2;
-  std::printf("%-34s %s rel_err %.2e unwritten %ld", c.name.c_str(), ok ? "ok  " : "FAIL", rel, unwritten);
+  std::printf("%-34s %-6s %s rel_err %.2e unwritten %ld", c.name.c_str(), Tile::kConsumerWarpgroups == 2 ? "wide" : "narrow",
+              ok ? "ok  " : "FAIL", rel, unwritten);
 
   if (c.timed) {
     double pairs = 0;
@@ -262,7 +264,7 @@ static bool run(const Case& c, uint32_t seed) {
     for (int i = 0; i < 25; ++i) {
       CK(cudaEventRecord(e0));
       const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
-  kernel<<<grid, threads, smem>>>(p, maps);
+      kernel<<<grid, threads, smem>>>(p, maps);
       CK(cudaEventRecord(e1));
       CK(cudaEventSynchronize(e1));
       float t;
@@ -280,6 +282,14 @@ static bool run(const Case& c, uint32_t seed) {
   if (dpo) CK(cudaFree(dpo));
   if (dplse) CK(cudaFree(dplse));
   return ok;
+}
+
+// Each case on both tiles of the kernel.
+template <typename T, int D, int DV, int GROUP>
+static bool run(const Case& c, uint32_t seed) {
+  const bool wide = run_tile<T, D, DV, GROUP, HopperWideTile>(c, seed);
+  const bool narrow = run_tile<T, D, DV, GROUP, HopperNarrowTile>(c, seed);
+  return wide && narrow;
 }
 
 int main(int argc, char** argv) {
@@ -316,6 +326,9 @@ int main(int argc, char** argv) {
   fails += !run<__nv_bfloat16, 192, 128, 16>({"prefill_192_128 8k", 64, 4, 192, 128, slots_pre(1, 8192), 0, false, 1, false, true, 6}, 10);
   fails += !run<__nv_bfloat16, 128, 128, 3>({"prefill_swa1024 2x8k", 24, 8, 128, 128, slots_pre(2, 8192), 1024, false, 1, false, true, 6}, 11);
   fails += !run<__nv_bfloat16, 192, 128, 8>({"prefill_swa128 2x8k", 64, 8, 192, 128, slots_pre(2, 8192), 128, true, 1, false, true, 6}, 12);
+  fails += !run<__nv_bfloat16, 128, 128, 3>({"prefill_swa256 2x8k", 24, 8, 128, 128, slots_pre(2, 8192), 256, false, 1, false, true, 6}, 17);
+  fails += !run<__nv_bfloat16, 128, 128, 3>({"prefill_swa512 2x8k", 24, 8, 128, 128, slots_pre(2, 8192), 512, false, 1, false, true, 6}, 18);
+  fails += !run<__nv_bfloat16, 128, 128, 3>({"mixed chunk 2k over 6k", 24, 8, 128, 128, {{6144, 2048}}, 0, false, 1, false, true, 6}, 19);
   std::printf("%s: %d failed\n", fails ? "FAILED" : "PASSED", fails);
   return fails ? 1 : 0;
 }

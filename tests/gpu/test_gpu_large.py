@@ -200,7 +200,8 @@ def check_sdpa(torch, step, b, ref, got):
     cases.assert_close(got, want, rtol, atol, f"slot {b} vs torch SDPA (fp32, math)")
 
 
-@pytest.mark.parametrize("window", [0, 4096])
+# Windows 300 (on sm_90a: the narrow Hopper tile, windows <= 512) and 4096 (the wide tile).
+@pytest.mark.parametrize("window", [0, 300, 4096])
 def test_prefill_16k(dlpack_runner, window):
     import torch
 
@@ -225,6 +226,17 @@ def test_chunked_prefill_past_window(dlpack_runner):
                        dtype="bfloat16", window=4096, sinks=True, seed=18)
     assert (step.tables[0, :8192 // 32 - 1] == -1).all()
     run_and_check(torch, step, sampled_slots=[0, 1, 2])
+
+
+def test_chunked_prefill_narrow_window_bs16(dlpack_runner):
+    # A 384-key window (the narrow Hopper tile on sm_90a) over 16-key blocks: 16-row copy boxes,
+    # blocks before every window -1, sinks, and decodes beside the chunks.
+    import torch
+
+    step = build_large(torch, [(2000, 3000), (9000, 1), (0, 700), (5000, 1)], block_size=16,
+                       dtype="bfloat16", window=384, sinks=True, seed=19)
+    assert (step.tables[0, :(2000 - 384) // 16] == -1).all()
+    run_and_check(torch, step, sampled_slots=[0, 1, 2, 3])
 
 
 @pytest.mark.parametrize("window", [0, 4096])

@@ -457,8 +457,8 @@ void launch_config(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaS
 // head dims it takes), else the mma.sync PrefillConfig.
 template <typename T, int D, int DV, int GROUP>
 void launch_prefill(const AttentionParams& p, const LaunchPlan& plan, bool pdl, cudaStream_t stream) {
-  if (plan.hopper_prefill) {
-    launch_hopper_prefill<T, D, DV, GROUP>(p, plan.prefill_grid_tiles, pdl, stream);
+  if (plan.hopper_tile != HopperTile::kNone) {
+    launch_hopper_prefill<T, D, DV, GROUP>(p, plan.hopper_tile, plan.prefill_grid_tiles, pdl, stream);
   } else {
     launch_config<T, D, DV, GROUP, PrefillConfig<D, DV>>(p, plan.prefill_grid_tiles, pdl, stream);
   }

@@ -2,16 +2,21 @@
 // tile map, split rule, partial-result layout, masks, sinks) with both GEMMs on warpgroup MMA
 // (wgmma) from 128-byte swizzled shared-memory tiles instead of mma.sync from ldmatrix fragments.
 //
-// CTA: three warpgroups (384 threads). Two consumer warpgroups own 128 packed q rows (64 each:
-// each warp owns 16 whole rows, so no cross-warp softmax merge); the first warp of the producer
-// warpgroup issues bulk tensor copies (TMA, hopper_tma.cuh) of the 128-key K / V tiles into two
-// stages, each copy one block's contiguous rows of one head and one 64-element panel
-// (hopper_kv_maps.h), so the paged gather costs one block-table read per box. Stages are handed
-// over with mbarriers (full: bytes landed; empty: all 8 consumer warps done reading), so the two
-// consumer warpgroups never wait for each other and drift apart: one's softmax runs while the
-// other's GEMMs hold the tensor cores. setmaxnreg moves registers from the producer warpgroup
-// (40) to the consumers (232). Tiles start 64-key aligned; keys of a tile outside the CTA's range
-// are masked in S and their V rows zeroed before P V (their blocks may be unread or hold garbage).
+// CTA (HopperPrefillTile, hopper_prefill.h): one or two consumer warpgroups own 64 packed q rows
+// each (each warp owns 16 whole rows, so no cross-warp softmax merge); one producer warp issues
+// bulk tensor copies (TMA, hopper_tma.cuh) of the BN-key K / V tiles into two stages, each copy
+// one block's contiguous rows of one head and one 64-element panel (hopper_kv_maps.h), so the
+// paged gather costs one block-table read per box. Stages are handed over with mbarriers (full:
+// bytes landed; empty: every consumer warp done reading), so consumer warpgroups never wait for
+// each other and drift apart: one's softmax runs while the other's GEMMs hold the tensor cores.
+//   Wide tile (two consumers, 128-key tiles, one CTA per SM): the producer warp is the first of a
+//     whole warpgroup, and setmaxnreg moves that warpgroup's registers (40) to the consumers (232).
+//   Narrow tile (one consumer, 64-key tiles, two CTAs per SM): 160 threads, no setmaxnreg; the
+//     second CTA on the SM does what the second consumer warpgroup does in the wide tile, and
+//     also overlaps the first's Q load and epilogue (narrow windows: H100, W = 128, 192/128,
+//     107 -> 136 TFLOP/s for the kernel alone).
+// Tiles start 64-key aligned; keys of a tile outside the CTA's range are masked in S and their V
+// rows zeroed before P V (their blocks may be unread or hold garbage).
 //
 // Per consumer warpgroup: S = Q K^T of tile it and P V of tile it - 1 are in flight together, the
 // softmax of tile it overlapping P V.
@@ -77,15 +82,16 @@ __device__ __forceinline__ void load_q_tile_swizzled(uint32_t dst, const T* q, i
 
 }  // namespace sm90
 
-// Grid (grid_tiles, max_splits, Hkv) as paged_attention_kernel; block 384 threads, one CTA per SM.
-// `maps` (make_hopper_kv_maps) describes p.k_cache and p.v_cache for the bulk tensor copies.
-template <typename T, int D, int DV, int GROUP>
-__global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
+// Grid (grid_tiles, max_splits, Hkv) as paged_attention_kernel; block Tile::kThreads threads,
+// Tile::kCtasPerSm CTAs per SM. `maps` (make_hopper_kv_maps) describes p.k_cache and p.v_cache for
+// the bulk tensor copies.
+template <typename T, int D, int DV, int GROUP, class Tile>
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
     hopper_prefill_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
-  constexpr int BM = HopperPrefillTile::kBlockM;
-  constexpr int BN = HopperPrefillTile::kBlockN;
+  constexpr int BM = Tile::kBlockM;
+  constexpr int BN = Tile::kBlockN;
   constexpr int NB = BN / 8;   // 8-key accumulator blocks of S per thread row pair
   constexpr int NO = DV / 8;   // 8-dim accumulator blocks of O
   constexpr int PK = D / 64;   // 64-element panels of a K row
@@ -94,7 +100,7 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
   constexpr uint32_t kKBytes = BN * D * 2;
   constexpr uint32_t kVBytes = BN * DV * 2;
   static_assert(hopper_prefill_supports(D, DV), "head dims outside the Hopper prefill tile");
-  static_assert(HopperPrefillTile::kStages == 2, "the main loop alternates two stages (it & 1)");
+  static_assert(Tile::kStages == 2, "the main loop alternates two stages (it & 1)");
 
   pdl_wait();  // the step check (tile maps, error record) and the kernels before this one are done
   pdl_launch_dependents();
@@ -124,8 +130,8 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
   const int full_lo = max(int(last.lo), klo), full_hi = min(int(first.hi), khi);
 
   extern __shared__ unsigned char smem_raw[];
-  constexpr int kStages = HopperPrefillTile::kStages;
-  constexpr int kConsumers = HopperPrefillTile::kConsumerThreads;
+  constexpr int kStages = Tile::kStages;
+  constexpr int kConsumers = Tile::kConsumerThreads;
   __shared__ alignas(8) uint64_t stage_bars[4 * kStages];  // K full, V full, K empty, V empty
   const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t q_s = smem0;
@@ -151,8 +157,8 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
   __syncthreads();  // the only barrier over all warps
 
   if (warp >= kConsumers / 32) {
-    setmaxnreg_dec<HopperPrefillTile::kProducerRegs>();
-    // Producer warp (the first of its warpgroup; the others have nothing to do): K(t) and V(t)
+    if constexpr (Tile::kProducerWarpgroup) setmaxnreg_dec<Tile::kProducerRegs>();
+    // Producer warp (the first of its warpgroup, if any; the others have nothing to do): K(t) and V(t)
     // into stage t % 2 once the consumers released the stage's tile t - 2, one (box, panel) copy
     // per lane and pass. Boxes wholly outside [klo, khi] are not read (their blocks may be -1);
     // their rows keep stale data, masked in S and zeroed in V.
@@ -192,7 +198,7 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
     return;
   }
 
-  setmaxnreg_inc<HopperPrefillTile::kConsumerRegs>();
+  if constexpr (Tile::kProducerWarpgroup) setmaxnreg_inc<Tile::kConsumerRegs>();
   const int wg = warp >> 2;
   const int g = lane >> 2;
   const int t4 = lane & 3;
@@ -382,27 +388,40 @@ __global__ void __launch_bounds__(HopperPrefillTile::kThreads, 1)
 }
 
 
-// Launches the prefill tiles of a call (tile map in p.tile_start built with prefill_block_m = 128),
-// as a programmatic dependent launch when `pdl` (the kernel waits for the kernels before it first).
+// Launches the prefill tiles of a call on Tile (tile map in p.tile_start built with
+// prefill_block_m = Tile::kBlockM), as a programmatic dependent launch when `pdl` (the kernel waits
+// for the kernels before it first).
+template <typename T, int D, int DV, int GROUP, class Tile>
+void launch_hopper_prefill_tile(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
+  constexpr int smem = hopper_prefill_smem_bytes<Tile>(D, DV);
+  if (grid_tiles <= 0) return;
+  auto kernel = hopper_prefill_kernel<T, D, DV, GROUP, Tile>;
+  int device = 0;
+  PGQA_CUDA_CHECK(cudaGetDevice(&device));
+  PGQA_CHECK_ARG(device < kMaxHopperDevices, "CUDA device ", device, " is past the ", kMaxHopperDevices,
+                 " devices the Hopper prefill kernel tracks");
+  static std::atomic<bool> smem_raised[kMaxHopperDevices];  // the attribute is per device
+  if (!smem_raised[device].load(std::memory_order_acquire)) {
+    PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    smem_raised[device].store(true, std::memory_order_release);
+  }
+  const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
+  const dim3 grid(unsigned(grid_tiles), unsigned(p.max_splits), unsigned(p.num_kv_heads));
+  launch_kernel("hopper_prefill_kernel", kernel, grid, dim3(Tile::kThreads), smem, stream, pdl, p, maps);
+}
+
+// The prefill tiles on the Hopper tile the plan chose (choose_hopper_tile).
 template <typename T, int D, int DV, int GROUP>
-void launch_hopper_prefill(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
+void launch_hopper_prefill(const AttentionParams& p, HopperTile tile, int64_t grid_tiles, bool pdl,
+                           cudaStream_t stream) {
   if constexpr (hopper_prefill_supports(D, DV)) {
-    constexpr int smem = hopper_prefill_smem_bytes(D, DV);
-    if (grid_tiles <= 0) return;
-    auto kernel = hopper_prefill_kernel<T, D, DV, GROUP>;
-    int device = 0;
-    PGQA_CUDA_CHECK(cudaGetDevice(&device));
-    PGQA_CHECK_ARG(device < kMaxHopperDevices, "CUDA device ", device, " is past the ", kMaxHopperDevices,
-                   " devices the Hopper prefill kernel tracks");
-    static std::atomic<bool> smem_raised[kMaxHopperDevices];  // the attribute is per device
-    if (!smem_raised[device].load(std::memory_order_acquire)) {
-      PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      smem_raised[device].store(true, std::memory_order_release);
+    if (tile == HopperTile::kWide) {
+      launch_hopper_prefill_tile<T, D, DV, GROUP, HopperWideTile>(p, grid_tiles, pdl, stream);
+    } else if (tile == HopperTile::kNarrow) {
+      launch_hopper_prefill_tile<T, D, DV, GROUP, HopperNarrowTile>(p, grid_tiles, pdl, stream);
+    } else {
+      PGQA_CHECK_ARG(false, "no Hopper prefill tile was chosen (tile ", int(tile), ")");
     }
-    const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
-    const dim3 grid(unsigned(grid_tiles), unsigned(p.max_splits), unsigned(p.num_kv_heads));
-    launch_kernel("hopper_prefill_kernel", kernel, grid, dim3(HopperPrefillTile::kThreads), smem, stream, pdl, p,
-                  maps);
   } else {
     PGQA_CHECK_ARG(false, "head_dim/v_head_dim ", D, "/", DV, " have no Hopper prefill kernel");
   }

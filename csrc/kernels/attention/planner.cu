@@ -19,26 +19,26 @@ size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 constexpr int kSmemPerSm = 228 * 1024;
 constexpr int kSmemReservedPerCta = 1024;
 
-// CTAs of one config resident on one SM: bounded by shared memory, and by registers (prefill
-// kernels use up to 255 per thread; decode kernels about 128 for Dv <= 128).
-int resident_ctas_per_sm(bool decode, bool hopper_prefill, const ProblemShape& shape) {
+// CTAs of one config resident on one SM: bounded by shared memory, and by registers (mma.sync
+// prefill kernels use up to 255 per thread; decode kernels about 128 for Dv <= 128; the Hopper
+// tiles are built for Tile::kCtasPerSm).
+int resident_ctas_per_sm(bool decode, HopperTile hopper_tile, const ProblemShape& shape) {
   const int d = shape.head_dim, dv = shape.v_head_dim;
-  int smem, threads, regs;
+  int smem, by_regs;
   if (decode) {
     smem = decode_smem_bytes(d, dv);
-    threads = 32 * kDecodeWarpsN;
-    regs = dv <= 128 ? 128 : 256;
-  } else if (hopper_prefill) {
-    smem = hopper_prefill_smem_bytes(d, dv);
-    threads = HopperPrefillTile::kThreads;
-    regs = 256;
+    by_regs = 65536 / (32 * kDecodeWarpsN * (dv <= 128 ? 128 : 256));
+  } else if (hopper_tile == HopperTile::kWide) {
+    smem = hopper_prefill_smem_bytes<HopperWideTile>(d, dv);
+    by_regs = HopperWideTile::kCtasPerSm;
+  } else if (hopper_tile == HopperTile::kNarrow) {
+    smem = hopper_prefill_smem_bytes<HopperNarrowTile>(d, dv);
+    by_regs = HopperNarrowTile::kCtasPerSm;
   } else {
     smem = prefill_smem_bytes(d, dv);
-    threads = 32 * kPrefillWarps;
-    regs = 256;
+    by_regs = 65536 / (32 * kPrefillWarps * 256);
   }
   const int by_smem = kSmemPerSm / (smem + kSmemReservedPerCta);
-  const int by_regs = 65536 / (threads * regs);
   return std::max(1, std::min(by_smem, by_regs));
 }
 
@@ -73,9 +73,11 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   const int64_t rows = shape.rows;
   const int64_t batch = shape.batch;
   const int64_t g = shape.group;
-  // Prefill tiles run the Hopper kernel (128 rows) where the device and the head dims allow.
-  plan.hopper_prefill = use_hopper_prefill(shape);
-  plan.prefill_block_m = plan.hopper_prefill ? HopperPrefillTile::kBlockM : prefill_block_m(shape.v_head_dim);
+  // Prefill tiles run a Hopper tile where the device, the head dims and the window allow.
+  plan.hopper_tile = choose_hopper_tile(shape);
+  plan.prefill_block_m = plan.hopper_tile == HopperTile::kWide     ? HopperWideTile::kBlockM
+                         : plan.hopper_tile == HopperTile::kNarrow ? HopperNarrowTile::kBlockM
+                                                                   : prefill_block_m(shape.v_head_dim);
   // A decode slot holds at least one row; a prefill slot more than kDecodeBlockM / G rows.
   const int64_t max_decode_slots = std::min(rows, batch);
   const int64_t max_prefill_slots = std::min(batch, rows * g / (kDecodeBlockM + 1));
@@ -90,7 +92,7 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
                                         : std::max((rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m,
                                                    max_prefill_slots);
   const int64_t ctas = std::max<int64_t>(1, tiles_est * shape.num_kv_heads);
-  plan.max_splits = choose_max_splits(ctas, int64_t(std::max(1, num_sms)) * resident_ctas_per_sm(decode_like, plan.hopper_prefill, shape));
+  plan.max_splits = choose_max_splits(ctas, int64_t(std::max(1, num_sms)) * resident_ctas_per_sm(decode_like, plan.hopper_tile, shape));
 
   size_t off = 0;
   plan.prefill_tile_start_offset = off;

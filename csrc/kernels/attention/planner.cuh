@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "attention_params.h"
+#include "hopper_prefill.h"
 #include "paddle_gqa/op_args.h"
 #include "tile_size.h"
 
@@ -22,7 +23,8 @@ inline constexpr int kMaxSplits = 32;
 // planner builds one tile map per config, and one launch per config covers its slots, so a mixed
 // batch (chunked prefill + decodes) runs each part with its own tiling.
 struct LaunchPlan {
-  bool hopper_prefill = false;    // prefill tiles run hopper_prefill_kernel (use_hopper_prefill)
+  HopperTile hopper_tile = HopperTile::kNone;  // prefill tiles run hopper_prefill_kernel on this tile
+                                               // (choose_hopper_tile), else PrefillConfig
   int prefill_block_m = 0;        // q rows per prefill tile
   int max_splits = 1;             // KV splits per tile (gridDim.y of both launches)
   int64_t prefill_grid_tiles = 0; // bound on prefill tiles (CTAs past the real count exit)
