@@ -46,22 +46,27 @@ def compile_all(build: pathlib.Path, log, defines=()) -> pathlib.Path:
     return exe
 
 
+def time_back_to_back(fn, iters=20, warmup=3):
+    """Mean ms of fn() over `iters` calls issued back to back (no L2 flush), by two CUDA events."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(iters):
+        fn()
+    e1.record()
+    torch.cuda.synchronize()
+    return e0.elapsed_time(e1) / iters
+
+
 def torch_peers():
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def timeit(fn, iters=20):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for _ in range(iters):
-            fn()
-        e1.record()
-        torch.cuda.synchronize()
-        return e0.elapsed_time(e1) / iters
+    timeit = time_back_to_back
 
     x = torch.empty(1 << 29, dtype=torch.bfloat16, device="cuda")
     y = torch.empty_like(x)

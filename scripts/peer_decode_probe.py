@@ -8,10 +8,15 @@ Nsight Compute).
 Usage: python3 scripts/peer_decode_probe.py [--ncu-loop]
 """
 import argparse
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attention_smoke import time_back_to_back  # noqa: E402
 
 SHAPES = {"decode_g3 B32 4k": (32, 4096), "decode_long B8 32k": (8, 32768)}
 HQ, HKV, D = 24, 8, 128
@@ -22,19 +27,6 @@ def tensors(batch, ctx):
     k = torch.randn(batch, HKV, ctx, D, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
     return q, k, v
-
-
-def back_to_back(fn, iters=30):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    for _ in range(iters):
-        fn()
-    e1.record()
-    torch.cuda.synchronize()
-    return e0.elapsed_time(e1) / iters
 
 
 def main():
@@ -55,7 +47,7 @@ def main():
                         call()
                     torch.cuda.synchronize()
                 continue
-            b2b = back_to_back(call)
+            b2b = time_back_to_back(call, iters=30, warmup=5)
             flushed = do_bench(call, warmup=25, rep=200, return_mode="median")
             print(f"{name:20s} {label:6s} back-to-back {b2b:.4f} ms ({kv_bytes / b2b / 1e9:.2f} TB/s)  "
                   f"do_bench (L2 flushed) {flushed:.4f} ms ({kv_bytes / flushed / 1e9:.2f} TB/s)", flush=True)
