@@ -83,13 +83,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // Keys any row of the tile sees, [lo, hi], and keys every row sees, [full_lo, full_hi].
   const int lo = int(first.lo), hi = int(last.hi);
   const int full_lo = int(last.lo), full_hi = int(first.hi);
-  const int kt_first = lo <= hi ? lo / BN : 0;
-  const int kt_total = lo <= hi ? hi / BN - kt_first + 1 : 0;
-  const int n_splits = slot_num_splits(cache_len, n, p.causal, p.sliding_window, BN, p.max_splits);
-  if (split >= n_splits) return;
-  // Balanced split: the n_splits ranges differ by at most one KV tile.
-  const int kt_begin = kt_first + int(int64_t(split) * kt_total / n_splits);
-  const int kt_end = kt_first + int(int64_t(split + 1) * kt_total / n_splits);
+  SplitTiles split_tiles;
+  if (!locate_split(p, ts, split, BN, split_tiles)) return;
+  const auto [n_splits, kt_begin, kt_end] = split_tiles;
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;

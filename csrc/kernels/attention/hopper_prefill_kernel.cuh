@@ -118,12 +118,11 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   // copy box (at most 64 rows of one block) starts at a box boundary of its block.
   const int bn = p.block_n;
   const int lo = int(first.lo), hi = int(last.hi);
-  const int kt_first = lo <= hi ? lo / bn : 0;
-  const int kt_total = lo <= hi ? hi / bn - kt_first + 1 : 0;
-  const int n_splits = slot_num_splits(cache_len, n, p.causal, p.sliding_window, bn, p.max_splits);
-  if (split >= n_splits) return;
-  const int klo = max(lo, (kt_first + int(int64_t(split) * kt_total / n_splits)) * bn);
-  const int khi = min(hi, (kt_first + int(int64_t(split + 1) * kt_total / n_splits)) * bn - 1);
+  SplitTiles split_tiles;
+  if (!locate_split(p, ts, split, bn, split_tiles)) return;
+  const int n_splits = split_tiles.n_splits;
+  const int klo = max(lo, split_tiles.kt_begin * bn);
+  const int khi = min(hi, split_tiles.kt_end * bn - 1);
   const int kbase = klo & ~63;
   const int num_tiles = klo <= khi ? (khi - kbase) / BN + 1 : 0;
   // Keys every row of the tile sees and that lie in [klo, khi]: tiles inside need no mask.

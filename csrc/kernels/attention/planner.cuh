@@ -141,6 +141,25 @@ __device__ __forceinline__ bool locate_tile(const AttentionParams& p, int tile, 
   return true;
 }
 
+// The KV tiles (bn keys each, numbered from key 0) that split `split` of tile slot t covers,
+// [kt_begin, kt_end), and the slot's split count (slot_num_splits, as the merge counts them).
+// Balanced: the n_splits ranges over the tiles of the keys any row of t sees differ by at most one
+// tile. False when the slot has no split `split` (the CTA has nothing to do).
+struct SplitTiles {
+  int n_splits, kt_begin, kt_end;
+};
+__device__ __forceinline__ bool locate_split(const AttentionParams& p, const TileSlot& t, int split, int bn,
+                                             SplitTiles& s) {
+  const int lo = int(t.first.lo), hi = int(t.last.hi);
+  const int kt_first = lo <= hi ? lo / bn : 0;
+  const int kt_total = lo <= hi ? hi / bn - kt_first + 1 : 0;
+  s.n_splits = slot_num_splits(t.cache_len, t.n, p.causal, p.sliding_window, bn, p.max_splits);
+  if (split >= s.n_splits) return false;
+  s.kt_begin = kt_first + int(int64_t(split) * kt_total / s.n_splits);
+  s.kt_end = kt_first + int(int64_t(split + 1) * kt_total / s.n_splits);
+  return true;
+}
+
 // Writes both tile maps of `job` from cu_seqlens_q [B+1], and zeroes its split counters, with one
 // CTA of kThreads threads (all of them call it): prefill_tile_start[b] sums ceil(n_c * G / prefill_block_m) over the prefill slots
 // c < b, decode_tile_start[b] counts the decode slots c < b; entry B holds the totals. One pass
