@@ -74,6 +74,13 @@ if [ "$SANITIZER" = 1 ]; then
     "$SANITIZER_BIN" --tool memcheck --error-exitcode 3 "$PY" scripts/gpu_smoke.py --quick
   step "racecheck (smoke --quick)" "$LOG/racecheck.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     "$SANITIZER_BIN" --tool racecheck --error-exitcode 3 "$PY" scripts/gpu_smoke.py --quick
+  # Bad block ids met by every launch variant, the early decode tiles (TMA reads before the step
+  # check completes) included: no access outside a tensor.
+  if [ -f tests/gpu/test_gpu_launch.py ]; then
+    step "memcheck (bad step data)" "$LOG/memcheck_bad_step.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      "$SANITIZER_BIN" --tool memcheck --error-exitcode 3 "$PY" -m pytest -q -p no:cacheprovider \
+      tests/gpu/test_gpu_launch.py -k bad_step_data
+  fi
 fi
 
 if [ "$TESTS" = 1 ]; then
@@ -99,7 +106,7 @@ echo "--- gpu_check summary (logs in $LOG)"
 echo "$BUILD_LINE"
 [ -f "$LOG/pytest.log" ] && grep -E '(passed|failed|error)' "$LOG/pytest.log" | tail -n 1 | sed 's/^/pytest: /'
 [ -f "$LOG/smoke.log" ] && tail -n 1 "$LOG/smoke.log"
-for f in memcheck racecheck; do
+for f in memcheck racecheck memcheck_bad_step; do
   [ -f "$LOG/$f.log" ] && grep -E 'ERROR SUMMARY' "$LOG/$f.log" | tail -n 1 | sed "s/^/$f: /"
 done
 printf '%s\n' "${SUMMARY[@]}"

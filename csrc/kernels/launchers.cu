@@ -133,18 +133,22 @@ void end_call(const CallContext& c) {
 // Launch knobs for measurements, read per call: PADDLE_GQA_PDL=0 turns programmatic dependent
 // launches off, PADDLE_GQA_CONCURRENT=0 keeps a mixed batch's two attention launches on one stream,
 // PADDLE_GQA_SIDE_PRIORITY=0 runs the side launch at the default stream priority instead of the
-// highest. Outside CUDA graphs (which ignore stream priorities) the highest lets the prefill tiles
+// highest, PADDLE_GQA_EARLY_DECODE=0 keeps paged_attention's decode tiles waiting for the step check
+// before they read K / V. Outside CUDA graphs (which ignore stream priorities) the highest lets the prefill tiles
 // take the SMs before the decode tiles, which then fill those the prefill's last wave leaves idle.
 bool knob_on(const char* name) {
   const char* v = std::getenv(name);
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-// The attention's launch options of a call whose step check wrote the tile maps.
-AttentionLaunchOptions attention_options(const CallContext& c) {
+// The attention's launch options of a call whose step check wrote the tile maps; `inputs_final`:
+// no kernel between that check and the attention writes q or the caches (PADDLE_GQA_EARLY_DECODE=0
+// turns the early decode launch off).
+AttentionLaunchOptions attention_options(const CallContext& c, bool inputs_final) {
   AttentionLaunchOptions o;
   o.tile_maps_written = true;
   o.pdl = compute_major(c.device) >= 9 && knob_on("PADDLE_GQA_PDL");
+  o.early_decode = inputs_final && knob_on("PADDLE_GQA_EARLY_DECODE");
   if (knob_on("PADDLE_GQA_CONCURRENT")) {
     const SideStream side = side_stream(c.device);
     o.side = knob_on("PADDLE_GQA_SIDE_PRIORITY") ? side.high : side.normal;
@@ -190,7 +194,7 @@ void paged_attention(const ProblemShape& shape, const TensorView& q, const StepI
   const int64_t d = shape.head_dim;
   const AttentionInputs in = make_attention_inputs(shape, q.data, int64_t(shape.num_q_heads) * d, d, step, mask,
                                                    out, &c.state->current);
-  if (shape.rows > 0) run_attention(shape, in, ws, attn_bytes, sms, c.stream, attention_options(c));
+  if (shape.rows > 0) run_attention(shape, in, ws, attn_bytes, sms, c.stream, attention_options(c, true));
   end_call(c);
 }
 
@@ -213,7 +217,10 @@ void append_attention(const ProblemShape& shape, const TensorView& qkv, const St
   launch_rope_write_cache(make_rope_params(shape, qkv, step, rope, ws, &c.state->current), c.stream);
   const AttentionInputs in = make_attention_inputs(shape, ws, q_row, shape.head_dim, step, mask, out,
                                                    &c.state->current);
-  if (shape.rows > 0) run_attention(shape, in, ws + q_bytes, attn_bytes, sms, c.stream, attention_options(c));
+  if (shape.rows > 0) {
+    // The RoPE/cache write between the check and the attention writes the step's keys and q.
+    run_attention(shape, in, ws + q_bytes, attn_bytes, sms, c.stream, attention_options(c, false));
+  }
   end_call(c);
 }
 

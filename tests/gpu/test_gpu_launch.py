@@ -2,8 +2,9 @@
 writes the tile maps; attention kernels as programmatic dependent launches (PADDLE_GQA_PDL=0: plain
 launches); a batch that may mix prefill and decode slots runs its prefill launch on a side stream
 (PADDLE_GQA_CONCURRENT=0: one stream; PADDLE_GQA_SIDE_PRIORITY=0: that stream at the default
-priority); the merge runs only when splits may exist, else the decode launch zeroes the padding
-rows. Every variant matches the float64 reference and the others bit for bit, eagerly, with a plan
+priority); paged_attention's decode launch of a decode batch goes first and streams K / V before
+the step check completes (PADDLE_GQA_EARLY_DECODE=0: it waits for the check); the merge runs only
+when splits may exist, else the decode launch zeroes the padding rows. Every variant matches the float64 reference and the others bit for bit, eagerly, with a plan
 and under CUDA graph capture, and writes nothing on bad step data."""
 import numpy as np
 import pytest
@@ -18,7 +19,10 @@ VARIANTS = {
     "plain+concurrent": {"PADDLE_GQA_PDL": "0"},
     "pdl+one-stream": {"PADDLE_GQA_CONCURRENT": "0"},
     "plain+one-stream": {"PADDLE_GQA_PDL": "0", "PADDLE_GQA_CONCURRENT": "0"},
+    "pdl, decode after the check": {"PADDLE_GQA_EARLY_DECODE": "0"},
 }
+KNOBS = ("PADDLE_GQA_PDL", "PADDLE_GQA_CONCURRENT", "PADDLE_GQA_SIDE_PRIORITY", "PADDLE_GQA_EARLY_DECODE")
+KINDS = ["mixed_splits", "many_decodes", "one_decode", "decode_batch_with_prefill", "decode_batch_no_decodes"]
 
 
 def _case(kind, seed=0):
@@ -28,11 +32,16 @@ def _case(kind, seed=0):
       a prefill, an idle slot: both attention launches (side by side) and the merge.
     many_decodes: 300 decode slots, enough CTAs for no splits on a 132-SM GPU: no merge, the
       decode launch zeroes the padding rows.
-    one_decode: B = 1, rows * G <= 16: no prefill launch; a 1.1k context splits."""
+    one_decode: B = 1, rows * G <= 16: no prefill launch; a 1.1k context splits.
+    decode_batch_with_prefill: a decode batch (rows * G <= 16 B) whose first slot is a prefill slot
+      (6 tokens, 18 packed rows): the early decode launch runs before the prefill launch.
+    decode_batch_no_decodes: the same with no decode slot at all: every decode CTA only waits."""
     layout, pad = {
         "mixed_splits": ([(700, 1), (300, 70), (0, 0), (1100, 2), (0, 33)], 5),
         "many_decodes": ([(int(c), 1) for c in np.random.default_rng(seed).integers(0, 40, 300)], 7),
         "one_decode": ([(1100, 1)], 2),
+        "decode_batch_with_prefill": ([(50, 6), (0, 0), (30, 1), (0, 0), (0, 0), (0, 0), (0, 0), (120, 1)], 3),
+        "decode_batch_no_decodes": ([(40, 7), (0, 0), (0, 0), (0, 0), (0, 0), (0, 0)], 2),
     }[kind]
     return cases.build_step(num_q_heads=6, num_kv_heads=2, head_dim=128, v_head_dim=128, block_size=16,
                             dtype="bfloat16", layout=layout, pad_rows=pad, rope="neox", sinks=True, seed=seed,
@@ -40,7 +49,7 @@ def _case(kind, seed=0):
 
 
 def _set_variant(monkeypatch, variant):
-    for name in ("PADDLE_GQA_PDL", "PADDLE_GQA_CONCURRENT", "PADDLE_GQA_SIDE_PRIORITY"):
+    for name in KNOBS:
         monkeypatch.delenv(name, raising=False)
     for name, value in VARIANTS[variant].items():
         monkeypatch.setenv(name, value)
@@ -63,7 +72,7 @@ def _append(out, case, t, plan=None):
                                        **case.op_kwargs("append_attention"), plan=plan)
 
 
-@pytest.mark.parametrize("kind", ["mixed_splits", "many_decodes", "one_decode"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_launch_variants_match_reference_and_each_other(dlpack_runner, monkeypatch, kind):
     import torch
 
@@ -100,7 +109,7 @@ def test_launch_variants_match_reference_and_each_other(dlpack_runner, monkeypat
 
 
 @pytest.mark.parametrize("variant", ["pdl+concurrent", "plain+one-stream"])
-@pytest.mark.parametrize("kind", ["mixed_splits", "many_decodes"])
+@pytest.mark.parametrize("kind", ["mixed_splits", "many_decodes", "decode_batch_with_prefill"])
 def test_launch_variants_under_graph_capture(dlpack_runner, monkeypatch, kind, variant):
     # Plan + append_attention + paged_attention captured together (fork / join and programmatic
     # edges inside the graph), replayed twice; the second replay sees what the first wrote.
@@ -146,10 +155,11 @@ def test_launch_variants_under_graph_capture(dlpack_runner, monkeypatch, kind, v
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("kind", ["mixed_splits", "many_decodes", "one_decode"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_bad_step_data_writes_nothing(dlpack_runner, monkeypatch, kind, variant):
-    # The plan saw valid data; the op then meets a bad block id in the last slot: no launch variant
-    # writes the caches or any output row (padding rows included), and check_errors raises.
+    # The plan saw valid data; the op then meets a bad block id in the last slot with rows: no
+    # launch variant writes the caches or any output row (padding rows included), and check_errors
+    # raises. paged_attention reads that block (its decode tiles, early ones included, meet it).
     import torch
 
     from paddle_gqa import dlpack_ops
@@ -159,9 +169,13 @@ def test_bad_step_data_writes_nothing(dlpack_runner, monkeypatch, kind, variant)
     case = _case(kind, seed=13)
     t = r.load(case)
     plan = _plan(case, t)
-    last = case.batch - 1
-    n_blocks = int(case.cache_seqlens[last] + case.cu_seqlens_q[last + 1] - case.cu_seqlens_q[last] - 1) // 16
-    t["block_tables"][last, n_blocks] = case.num_blocks + 3  # the block the last slot writes
+    new_tokens = np.diff(case.cu_seqlens_q)
+    last = int(np.flatnonzero(new_tokens)[-1])
+    n_blocks = int(case.cache_seqlens[last] + new_tokens[last] - 1) // 16
+    pcase, q_np = cases.paged_case(case)
+    pt = r.load(pcase, q=q_np)
+    for inputs in (t, pt):
+        inputs["block_tables"][last, n_blocks] = case.num_blocks + 3  # the block the last slot writes
     kb, vb = r.bits(t["key_cache"]), r.bits(t["value_cache"])
     out = r.out_for("append_attention", case, t)
     poisoned = r.bits(out)
@@ -169,7 +183,15 @@ def test_bad_step_data_writes_nothing(dlpack_runner, monkeypatch, kind, variant)
     torch.cuda.synchronize()
     assert np.array_equal(kb, r.bits(t["key_cache"])) and np.array_equal(vb, r.bits(t["value_cache"]))
     assert np.array_equal(poisoned, r.bits(out)), "an output row was written on bad step data"
-    with pytest.raises(ValueError, match=rf"block_tables\[{last}\]\[{n_blocks}\] = {case.num_blocks + 3}"):
+    bad_id = rf"block_tables\[{last}\]\[{n_blocks}\] = {case.num_blocks + 3}"
+    with pytest.raises(ValueError, match=bad_id):
+        dlpack_ops.check_errors(torch.cuda.current_device())
+    paged_out = r.out_for("paged_attention", pcase, pt)
+    poisoned = r.bits(paged_out)
+    r.call("paged_attention", pcase, pt, out=paged_out, plan=plan)
+    torch.cuda.synchronize()
+    assert np.array_equal(poisoned, r.bits(paged_out)), "paged_attention wrote an output row on bad step data"
+    with pytest.raises(ValueError, match=bad_id):
         dlpack_ops.check_errors(torch.cuda.current_device())
 
 

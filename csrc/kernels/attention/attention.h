@@ -41,6 +41,9 @@ struct AttentionLaunchOptions {
   bool tile_maps_written = false;  // a kernel enqueued before wrote attention_tile_maps' maps
   bool pdl = false;                // programmatic dependent launches (sm_90): each kernel's launch
                                    // overlaps the tail of the one before it on the stream
+  bool early_decode = false;       // q and the caches are final when the step check before this call
+                                   // starts (no kernel between them writes either): the decode tiles
+                                   // of a decode batch may read them before the check completes (pdl)
   cudaStream_t side = nullptr;     // a second stream, with two events, on which the prefill launch
   cudaEvent_t fork = nullptr;      // of a batch that may mix prefill and decode slots runs beside the
   cudaEvent_t join = nullptr;      // decode launch (forked and joined within the call)

@@ -181,6 +181,10 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
     plan.fork = options.fork;
     plan.join = options.join;
   }
+  // The decode launch may read K / V before the check completes only when it follows the check
+  // directly (the maps were written by it, PDL) and nothing between them writes the caches or q.
+  plan.decode_early = plan.pdl && options.tile_maps_written && options.early_decode && plan.decode_like &&
+                      plan.side == nullptr;
 
   if (!options.tile_maps_written) attn::launch_tile_planner(p, maps, stream);
   launch(p, plan, stream);

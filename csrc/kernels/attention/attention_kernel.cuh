@@ -60,11 +60,26 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   constexpr bool kTma = false;
 #endif
 
-  pdl_wait();  // the step check (tile maps, error record) and any kernel before this one are done
-  pdl_launch_dependents();
-  if (p.error->code != 0) return;
+  // Early tiles (decode_before_wait, TMA decode tiles only): the tile finds its slot from
+  // cu_seqlens (locate_decode_slot, clamped) and streams K / V while the step check still runs, as
+  // TMA copies are bounds-checked by the tensor maps whatever block ids they meet; it waits for the
+  // check only before its first write, and every CTA waits before it exits, so that the launches
+  // after this one (waiting on this grid) still come after the check. Otherwise the CTA waits first.
+  const bool early = kTma && p.decode_before_wait;
+  const auto step_passed = [&p]() {  // waits for the step check; false when it found an error
+    pdl_wait();
+    return p.error->code == 0;
+  };
+  if (!early) {
+    pdl_wait();  // the step check (tile maps, error record) and any kernel before this one are done
+    pdl_launch_dependents();
+    if (p.error->code != 0) return;
+  } else {
+    pdl_launch_dependents();
+  }
   // Zeroing columns, when no merge runs after this launch (decode launches only: launch_attention).
   if (BM == kDecodeBlockM && int(blockIdx.x) < p.pad_ctas) {
+    if (early && !step_passed()) return;
     const int64_t cols = p.pad_ctas;
     zero_padding_rows<T>(p, DV, blockIdx.x + cols * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z),
                          cols * gridDim.y * gridDim.z);
@@ -77,15 +92,23 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int kvh = blockIdx.z;
   const int G = GROUP > 0 ? GROUP : p.group;
   TileSlot ts;
-  if (!locate_tile(p, tile, BM, G, ts)) return;
+  bool located;
+  if constexpr (kTma) {
+    located = early ? locate_decode_slot<NT>(p, tile, G, ts) : locate_tile(p, tile, BM, G, ts);
+  } else {
+    located = locate_tile(p, tile, BM, G, ts);
+  }
+  SplitTiles split_tiles;
+  if (!located || !locate_split(p, ts, split, BN, split_tiles)) {
+    if (early) pdl_wait();
+    return;
+  }
   const auto [b, tok0, n, cache_len, kv_len, row0, rows_here, first, last] = ts;
+  const auto [n_splits, kt_begin, kt_end] = split_tiles;
 
   // Keys any row of the tile sees, [lo, hi], and keys every row sees, [full_lo, full_hi].
   const int lo = int(first.lo), hi = int(last.hi);
   const int full_lo = int(last.lo), full_hi = int(first.hi);
-  SplitTiles split_tiles;
-  if (!locate_split(p, ts, split, BN, split_tiles)) return;
-  const auto [n_splits, kt_begin, kt_end] = split_tiles;
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -333,6 +356,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   for (int a = 0; a < MA; ++a) state[a].finish();
   cp_async_wait<0>();
   __syncthreads();
+  if (early && !step_passed()) return;  // nothing written on invalid step data
 
   // Epilogue: each warp's (m, l, O) to shared memory, then all threads combine the kWarpsN key
   // groups per row and write 4 consecutive dims each (coalesced).
@@ -461,7 +485,7 @@ void launch_prefill(const AttentionParams& p, const LaunchPlan& plan, bool pdl, 
 }
 
 // Runs both configs, each over its own tile map (the step check or the planner wrote the maps
-// before; the merge, when splits exist, runs after). The prefill launch goes first, so that its
+// before; the merge, when splits exist, runs after; plan.decode_early: see below). The prefill launch goes first, so that its
 // long tiles start first. With plan.side, it runs on that stream instead, forked after everything
 // enqueued so far and joined back before returning, beside the decode launch: decode CTAs then fill
 // the SMs the prefill's last wave leaves idle. The decode launch zeroes the padding rows when
@@ -481,6 +505,17 @@ void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStre
     launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(decode, plan.decode_grid_tiles, false, stream);
     PGQA_CUDA_CHECK(cudaEventRecord(plan.join, plan.side));
     PGQA_CUDA_CHECK(cudaStreamWaitEvent(stream, plan.join, 0));
+    return;
+  }
+  // Early decode: where the decode tiles run TMA code, the decode launch goes first and streams K / V
+  // beside the step check (decode_before_wait); the prefill launch, nearly empty in a decode batch,
+  // follows it.
+  int device = 0;
+  PGQA_CUDA_CHECK(cudaGetDevice(&device));
+  if (plan.decode_early && kDecodeTmaKv<DecodeConfig<D, DV>, D, DV> && runs_sm90a_code(device)) {
+    decode.decode_before_wait = true;
+    launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(decode, plan.decode_grid_tiles, plan.pdl, stream);
+    launch_prefill<T, D, DV, GROUP>(prefill, plan, plan.pdl, stream);
     return;
   }
   launch_prefill<T, D, DV, GROUP>(prefill, plan, plan.pdl, stream);

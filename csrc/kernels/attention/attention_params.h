@@ -43,6 +43,8 @@ struct AttentionParams {
   int max_splits;               // KV splits per tile (gridDim.y); 1 = every tile writes out directly
   int pad_ctas;                 // leading blockIdx.x columns that zero the padding rows >= T instead of
                                 // running a tile (set on one launch when no merge runs; 0 elsewhere)
+  bool decode_before_wait;      // decode launch (TMA tiles) right after the step check: its tiles stream
+                                // K / V before the check completes (attention_kernel.cuh, launch_attention)
   int32_t* split_counters;      // workspace [decode tiles][Hkv], zeroed by build_tile_maps: split CTAs of
                                 // a decode tile count their arrivals and the last merges the tile's rows;
                                 // nullptr (no splits): nothing to merge

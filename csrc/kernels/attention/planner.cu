@@ -88,6 +88,7 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   // Splits from the dominant kind of the batch: rows that fit a decode tile per slot on average
   // mean decode slots. At least min(rows, B) tiles exist when every row is a token.
   const bool decode_like = rows * g <= batch * kDecodeBlockM;
+  plan.decode_like = decode_like;
   const int64_t tiles_est = decode_like ? max_decode_slots
                                         : std::max((rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m,
                                                    max_prefill_slots);

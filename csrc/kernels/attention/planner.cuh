@@ -40,7 +40,11 @@ struct LaunchPlan {
   // How run_attention launches (host-side only; the kernels never read these).
   int pad_ctas = 0;               // zeroing columns of the decode launch (AttentionParams::pad_ctas)
   bool pdl = false;               // programmatic dependent launches: the next kernel's launch overlaps
-                                  // this one's tail; every kernel so launched calls pdl_wait() first
+                                  // this one's tail; every kernel so launched calls pdl_wait() before it
+                                  // reads what earlier kernels wrote
+  bool decode_like = false;       // at most kDecodeBlockM packed rows per slot on average
+  bool decode_early = false;      // the decode launch may go first, right after the step check, with
+                                  // decode_before_wait (launch_attention decides: TMA tiles only)
   cudaStream_t side = nullptr;    // non-null: the prefill launch runs on this stream, forked after the
                                   // step check by `fork` and joined back by `join`, concurrently with
                                   // the decode launch on the call's stream
@@ -138,6 +142,57 @@ __device__ __forceinline__ bool locate_tile(const AttentionParams& p, int tile, 
   t.rows_here = min(bm, t.n * group - t.row0);
   t.first = visible_keys(t.cache_len + t.row0 / group, t.kv_len, p.causal, p.sliding_window);
   t.last = visible_keys(t.cache_len + (t.row0 + t.rows_here - 1) / group, t.kv_len, p.causal, p.sliding_window);
+  return true;
+}
+
+// locate_tile for tile `tile` of the decode map, computed from cu_seqlens_q instead of the map, for
+// a decode launch that runs before the step check has finished (AttentionParams::decode_before_wait):
+// the slot is the decode slot of rank `tile` (the map's rule), found by a ballot over kThreads
+// slots per pass; every thread of the CTA calls it. The step data is not validated yet, so the
+// result is clamped into the bounds every valid step meets (no-ops then): the slot's token rows
+// within [0, rows) and cache_len within [0, max_blocks_per_seq * block_size - n], which bounds the
+// key range, the block-table columns it reads and so the main loop. Invalid data then yields some
+// in-bounds tile whose result the kernel discards after the wait (the error record is set).
+template <int kThreads>
+__device__ bool locate_decode_slot(const AttentionParams& p, int tile, int group, TileSlot& t) {
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps");
+  constexpr int kWarps = kThreads / 32;
+  __shared__ int warp_decodes[kWarps];
+  __shared__ int found;  // the slot of rank `tile`, or -1
+  const int* cu = p.cu_seqlens_q;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (threadIdx.x == 0) found = -1;
+  int rank0 = 0;  // decode slots before this pass
+  for (int base = 0; base < p.batch && rank0 <= tile; base += kThreads) {
+    const int b = base + int(threadIdx.x);
+    const bool decode = b < p.batch && is_decode_slot(int64_t(cu[b + 1]) - cu[b], group);
+    const unsigned mask = __ballot_sync(0xffffffffu, decode);
+    if (lane == 0) warp_decodes[warp] = __popc(mask);
+    __syncthreads();  // also publishes `found = -1` on the first pass
+    int rank = rank0 + __popc(mask & ((1u << lane) - 1u)), pass_total = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      rank += w < warp ? warp_decodes[w] : 0;
+      pass_total += warp_decodes[w];
+    }
+    if (decode && rank == tile) found = b;
+    rank0 += pass_total;
+    __syncthreads();  // `found` is final for the pass; warp_decodes may be rewritten
+  }
+  const int b = found;
+  if (b < 0) return false;
+  const int64_t n = int64_t(cu[b + 1]) - cu[b];  // 1 .. kDecodeBlockM / G: a decode slot
+  const int64_t capacity = p.max_blocks_per_seq << p.block_size_log2;
+  if (capacity < n || p.rows < n) return false;  // invalid data only: no in-bounds tile exists
+  t.b = b;
+  t.n = int(n);
+  t.tok0 = max(int64_t(0), min(int64_t(cu[b]), p.rows - n));
+  t.cache_len = int(max(int64_t(0), min(int64_t(p.cache_seqlens[b]), capacity - n)));
+  t.kv_len = t.cache_len + t.n;
+  t.row0 = 0;
+  t.rows_here = t.n * group;
+  t.first = visible_keys(t.cache_len, t.kv_len, p.causal, p.sliding_window);
+  t.last = visible_keys(t.cache_len + (t.rows_here - 1) / group, t.kv_len, p.causal, p.sliding_window);
   return true;
 }
 
