@@ -80,6 +80,10 @@ if [ "$SANITIZER" = 1 ]; then
     step "memcheck (bad step data)" "$LOG/memcheck_bad_step.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
       "$SANITIZER_BIN" --tool memcheck --error-exitcode 3 "$PY" -m pytest -q -p no:cacheprovider \
       tests/gpu/test_gpu_launch.py -k bad_step_data
+    # Persistent decode CTAs reuse their shared memory from item to item (mixed batch, every variant).
+    step "racecheck (mixed launches)" "$LOG/racecheck_mixed.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      "$SANITIZER_BIN" --tool racecheck --error-exitcode 3 "$PY" -m pytest -q -p no:cacheprovider \
+      tests/gpu/test_gpu_launch.py -k "match_reference and mixed_splits"
   fi
 fi
 
@@ -106,7 +110,7 @@ echo "--- gpu_check summary (logs in $LOG)"
 echo "$BUILD_LINE"
 [ -f "$LOG/pytest.log" ] && grep -E '(passed|failed|error)' "$LOG/pytest.log" | tail -n 1 | sed 's/^/pytest: /'
 [ -f "$LOG/smoke.log" ] && tail -n 1 "$LOG/smoke.log"
-for f in memcheck racecheck memcheck_bad_step; do
+for f in memcheck racecheck memcheck_bad_step racecheck_mixed; do
   [ -f "$LOG/$f.log" ] && grep -E 'ERROR SUMMARY' "$LOG/$f.log" | tail -n 1 | sed "s/^/$f: /"
 done
 printf '%s\n' "${SUMMARY[@]}"

@@ -134,7 +134,8 @@ void end_call(const CallContext& c) {
 // launches off, PADDLE_GQA_CONCURRENT=0 keeps a mixed batch's two attention launches on one stream,
 // PADDLE_GQA_SIDE_PRIORITY=0 runs the side launch at the default stream priority instead of the
 // highest, PADDLE_GQA_EARLY_DECODE=0 keeps paged_attention's decode tiles waiting for the step check
-// before they read K / V. Outside CUDA graphs (which ignore stream priorities) the highest lets the prefill tiles
+// before they read K / V, PADDLE_GQA_BESIDE_PREFILL_CTAS=N runs N persistent decode CTAs beside a
+// mixed batch's prefill launch (0: a plain decode grid beside it, as before). Outside CUDA graphs (which ignore stream priorities) the highest lets the prefill tiles
 // take the SMs before the decode tiles, which then fill those the prefill's last wave leaves idle.
 bool knob_on(const char* name) {
   const char* v = std::getenv(name);
@@ -149,6 +150,7 @@ AttentionLaunchOptions attention_options(const CallContext& c, bool inputs_final
   o.tile_maps_written = true;
   o.pdl = compute_major(c.device) >= 9 && knob_on("PADDLE_GQA_PDL");
   o.early_decode = inputs_final && knob_on("PADDLE_GQA_EARLY_DECODE");
+  if (const char* v = std::getenv("PADDLE_GQA_BESIDE_PREFILL_CTAS")) o.beside_prefill_ctas = std::atoi(v);
   if (knob_on("PADDLE_GQA_CONCURRENT")) {
     const SideStream side = side_stream(c.device);
     o.side = knob_on("PADDLE_GQA_SIDE_PRIORITY") ? side.high : side.normal;

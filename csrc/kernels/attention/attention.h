@@ -44,6 +44,8 @@ struct AttentionLaunchOptions {
   bool early_decode = false;       // q and the caches are final when the step check before this call
                                    // starts (no kernel between them writes either): the decode tiles
                                    // of a decode batch may read them before the check completes (pdl)
+  int beside_prefill_ctas = -1;    // with side: persistent decode CTAs beside the prefill launch
+                                   // (-1: run_attention's default, 0: a plain decode grid instead)
   cudaStream_t side = nullptr;     // a second stream, with two events, on which the prefill launch
   cudaEvent_t fork = nullptr;      // of a batch that may mix prefill and decode slots runs beside the
   cudaEvent_t join = nullptr;      // decode launch (forked and joined within the call)

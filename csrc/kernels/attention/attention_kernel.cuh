@@ -8,6 +8,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 
@@ -33,12 +34,17 @@ inline constexpr int kMaxDevices = 64;
 template <class Cfg, int D, int DV>
 inline constexpr bool kDecodeTmaKv = Cfg::kBlockM == kDecodeBlockM && D % 64 == 0 && DV % 64 == 0;
 
-// Grid (grid_tiles, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) takes q tile
-// grid_tiles - 1 - x of the tile map (its slot b from tile_start), kv head kvh, and split s of that tile's KV tiles.
-// `maps` (make_hopper_kv_maps) is read only by sm_90a code of a kDecodeTmaKv config.
+// One work item of the attention launch: column `column` of `columns` (q tile columns - 1 - column
+// of the tile map; the first p.pad_ctas columns zero padding rows instead), split `split` of that
+// tile's KV tiles, kv head `kvh`. Called by every thread of the CTA; `early`: see
+// paged_attention_kernel. `phase_bits` holds the parity of each TMA stage barrier's next phase
+// (bit st), carried from item to item by a persistent CTA; full0 is the shared address of the S
+// stage barriers (8 bytes each), initialised by the kernel. `maps` (make_hopper_kv_maps) is read
+// only by sm_90a code of a kDecodeTmaKv config.
 template <typename T, int D, int DV, int GROUP, class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads)
-    paged_attention_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
+__device__ __forceinline__ void attention_work_item(const AttentionParams p, const HopperKvMaps& maps, int column,
+                                                    int columns, int split, int kvh, bool early, uint32_t full0,
+                                                    uint32_t& phase_bits) {
   constexpr int BM = Cfg::kBlockM;
   constexpr int BN = Cfg::kBlockN;
   constexpr int WN = Cfg::kWarpsN;
@@ -59,37 +65,21 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #else
   constexpr bool kTma = false;
 #endif
-
-  // Early tiles (decode_before_wait, TMA decode tiles only): the tile finds its slot from
-  // cu_seqlens (locate_decode_slot, clamped) and streams K / V while the step check still runs, as
-  // TMA copies are bounds-checked by the tensor maps whatever block ids they meet; it waits for the
-  // check only before its first write, and every CTA waits before it exits, so that the launches
-  // after this one (waiting on this grid) still come after the check. Otherwise the CTA waits first.
-  const bool early = kTma && p.decode_before_wait;
   const auto step_passed = [&p]() {  // waits for the step check; false when it found an error
     pdl_wait();
     return p.error->code == 0;
   };
-  if (!early) {
-    pdl_wait();  // the step check (tile maps, error record) and any kernel before this one are done
-    pdl_launch_dependents();
-    if (p.error->code != 0) return;
-  } else {
-    pdl_launch_dependents();
-  }
   // Zeroing columns, when no merge runs after this launch (decode launches only: launch_attention).
-  if (BM == kDecodeBlockM && int(blockIdx.x) < p.pad_ctas) {
+  if (BM == kDecodeBlockM && column < p.pad_ctas) {
     if (early && !step_passed()) return;
     const int64_t cols = p.pad_ctas;
-    zero_padding_rows<T>(p, DV, blockIdx.x + cols * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z),
-                         cols * gridDim.y * gridDim.z);
+    zero_padding_rows<T>(p, DV, column + cols * (split + int64_t(p.max_splits) * kvh),
+                         cols * p.max_splits * p.num_kv_heads);
     return;
   }
   // Reversed so that the last tiles of a slot (under causal masks the longest) start first and the
   // CTAs past the real tile count are the first to exit.
-  const int tile = int(gridDim.x) - 1 - int(blockIdx.x);
-  const int split = blockIdx.y;
-  const int kvh = blockIdx.z;
+  const int tile = columns - 1 - column;
   const int G = GROUP > 0 ? GROUP : p.group;
   TileSlot ts;
   bool located;
@@ -148,8 +138,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
                 "the TMA stages fit the shared memory the config launches with");
   const uint32_t k_tma = (smem_u32(q_s + BM * QS) + 1023u) & ~1023u;  // [S] K panels
   const uint32_t v_tma = k_tma + S * kTmaKBytes;                      // [S] V panels
-  __shared__ alignas(8) uint64_t stage_full[kTma ? S : 1];
-  const uint32_t full0 = smem_u32(&stage_full[0]);  // + 8 stage
 
   const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
   const PagedHead<T, D> k_head{static_cast<const T*>(p.k_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
@@ -191,11 +179,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
                                    rows_here, kvh, p.group, tid);
   if constexpr (kTma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    if (tid == 0) {
-      for (int st = 0; st < S; ++st) sm90::mbarrier_init(full0 + 8u * st, 1);
-      sm90::fence_barrier_init();
-    }
-    __syncwarp();
     if (warp == 0) {
       for (int st = 0; st < S - 1; ++st)
         if (kt_begin + st < kt_end) issue_tile(kt_begin + st, st);
@@ -243,7 +226,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
       // Refill the stage tile kt - 1 used (freed by the barrier at the end of the last iteration).
       if (warp == 0 && kt + S - 1 < kt_end) issue_tile(kt + S - 1, (it + S - 1) % S);
-      sm90::mbarrier_wait_parity(full0 + 8u * stage, uint32_t(it / S) & 1);
+      sm90::mbarrier_wait_parity(full0 + 8u * stage, (phase_bits >> stage) & 1u);
+      phase_bits ^= 1u << stage;
       if (kt * BN < lo || kt * BN + BN - 1 > hi) {
         // Keys of the tile outside [lo, hi] were not read or are not this step's: the warp zeroes
         // its own V rows there (P = 0 must meet finite V), then orders the stores before the
@@ -448,21 +432,118 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
 }
 
+// The S stage barriers of a TMA decode config, initialised by thread 0 for every item of the CTA:
+// warp 0 (thread 0 among it) arms and issues the stages, and the other warps wait on them only after
+// an item's first __syncthreads. Returns their shared address (8 bytes each).
+template <class Cfg, int D, int DV>
+__device__ __forceinline__ uint32_t init_stage_barriers() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool kTma = kDecodeTmaKv<Cfg, D, DV>;
+#else
+  constexpr bool kTma = false;
+#endif
+  __shared__ alignas(8) uint64_t stage_full[kTma ? Cfg::kStages : 1];
+  const uint32_t full0 = smem_u32(&stage_full[0]);
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (kTma) {
+    if (threadIdx.x == 0) {
+      for (int st = 0; st < Cfg::kStages; ++st) sm90::mbarrier_init(full0 + 8u * st, 1);
+      sm90::fence_barrier_init();
+    }
+    __syncwarp();
+  }
+#endif
+  return full0;
+}
+
+// Grid (columns, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) runs work item (x, s, kvh).
 template <typename T, int D, int DV, int GROUP, class Cfg>
-void launch_config(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
+__global__ void __launch_bounds__(Cfg::kThreads)
+    paged_attention_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
+  // Early tiles (decode_before_wait, TMA decode tiles only): the tile finds its slot from
+  // cu_seqlens (locate_decode_slot, clamped) and streams K / V while the step check still runs, as
+  // TMA copies are bounds-checked by the tensor maps whatever block ids they meet; it waits for the
+  // check only before its first write, and every CTA waits before it exits, so that the launches
+  // after this one (waiting on this grid) still come after the check. Otherwise the CTA waits first.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  const bool early = kDecodeTmaKv<Cfg, D, DV> && p.decode_before_wait;
+#else
+  const bool early = false;
+#endif
+  if (!early) {
+    pdl_wait();  // the step check (tile maps, error record) and any kernel before this one are done
+    pdl_launch_dependents();
+    if (p.error->code != 0) return;
+  } else {
+    pdl_launch_dependents();
+    // Most decode batches hold one token per slot, so the tile's slot is its tile number: pull that
+    // slot's cache length and first block ids towards L2 while locate_decode_slot scans (each is
+    // otherwise a DRAM miss on the way to the first copy); a wrong guess wastes two prefetches.
+    const int guess = int(gridDim.x) - 1 - int(blockIdx.x);
+    if (threadIdx.x == 32 && guess < p.batch) l2_prefetch(p.cache_seqlens + guess);
+    if (threadIdx.x == 64 && guess < p.batch) l2_prefetch(p.block_tables + int64_t(guess) * p.max_blocks_per_seq);
+  }
+  uint32_t phase_bits = 0;
+  attention_work_item<T, D, DV, GROUP, Cfg>(p, maps, blockIdx.x, gridDim.x, blockIdx.y, blockIdx.z, early,
+                                            init_stage_barriers<Cfg, D, DV>(), phase_bits);
+}
+
+// A persistent decode launch: any grid of Cfg::kThreads-thread CTAs (decode config) that claim the
+// work items of the virtual grid (p.work_columns, max_splits, Hkv) from p.work_queue (zeroed by the
+// step check) one at a time, column fastest, until none is left. Several launches may drain one
+// queue: launch_attention runs a few such CTAs beside a mixed batch's prefill launch and more after it.
+template <typename T, int D, int DV, int GROUP, class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    persistent_decode_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
+  static_assert(Cfg::kBlockM == kDecodeBlockM, "decode tiles only");
+  pdl_wait();
+  pdl_launch_dependents();
+  if (p.error->code != 0) return;
+  const uint32_t full0 = init_stage_barriers<Cfg, D, DV>();
+  uint32_t phase_bits = 0;
+  __shared__ int claimed;
+  const int columns = p.work_columns;
+  const int64_t items = int64_t(columns) * p.max_splits * p.num_kv_heads;
+  for (;;) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    // The last item's generic shared-memory writes (epilogue, V zeroing) come before the next
+    // item's bulk copies into the same bytes.
+    if constexpr (kDecodeTmaKv<Cfg, D, DV>) sm90::fence_proxy_async_smem();
+#endif
+    if (threadIdx.x == 0) claimed = atomicAdd(p.work_queue, 1);
+    __syncthreads();  // also: every thread is done with the last item's shared memory
+    const int64_t item = claimed;
+    __syncthreads();  // `claimed` is read before thread 0 claims again
+    if (item >= items) return;
+    const int column = int(item % columns);
+    const int split = int(item / columns % p.max_splits);
+    const int kvh = int(item / (int64_t(columns) * p.max_splits));
+    attention_work_item<T, D, DV, GROUP, Cfg>(p, maps, column, columns, split, kvh, false, full0, phase_bits);
+  }
+}
+
+// Allows Kernel `smem` bytes of dynamic shared memory on `device`, on the device's first launch of
+// it (the attribute is per device; a host call, capture-safe).
+template <auto Kernel>
+void raise_dynamic_smem(int device, int smem) {
+  static std::atomic<bool> raised[kMaxDevices];
+  if (device < kMaxDevices && raised[device].load(std::memory_order_acquire)) return;
+  PGQA_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if (device < kMaxDevices) raised[device].store(true, std::memory_order_release);
+}
+
+// One launch of config Cfg: grid (grid_tiles + p.pad_ctas, max_splits, Hkv), the zeroing columns first.
+template <typename T, int D, int DV, int GROUP, class Cfg>
+void launch_config(const AttentionParams& params, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
   constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
   static_assert(smem <= 227 * 1024, "attention tile exceeds Hopper's 227 KB of shared memory per block");
-  const int64_t columns = grid_tiles + p.pad_ctas;  // the zeroing columns come first
+  const int64_t columns = grid_tiles + params.pad_ctas;
   if (columns <= 0) return;
-  auto kernel = paged_attention_kernel<T, D, DV, GROUP, Cfg>;
-  // The attribute is per device; set it on a device's first launch (a host call, capture-safe).
-  static std::atomic<bool> smem_raised[kMaxDevices];
+  AttentionParams p = params;
+  p.work_queue = nullptr;
   int device = 0;
   PGQA_CUDA_CHECK(cudaGetDevice(&device));
-  if (device >= kMaxDevices || !smem_raised[device].load(std::memory_order_acquire)) {
-    PGQA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    if (device < kMaxDevices) smem_raised[device].store(true, std::memory_order_release);
-  }
+  raise_dynamic_smem<paged_attention_kernel<T, D, DV, GROUP, Cfg>>(device, smem);
   // The tensor maps only where the kernel runs its sm_90a TMA path (an sm_90a build on an sm_90
   // device; runs_sm90a_code); elsewhere it never reads them.
   HopperKvMaps maps{};
@@ -470,7 +551,29 @@ void launch_config(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaS
     if (runs_sm90a_code(device)) maps = make_hopper_kv_maps<T>(p, D, DV);
   }
   const dim3 grid(unsigned(columns), unsigned(p.max_splits), unsigned(p.num_kv_heads));
-  launch_kernel("paged_attention_kernel", kernel, grid, dim3(Cfg::kThreads), smem, stream, pdl, p, maps);
+  launch_kernel("paged_attention_kernel", paged_attention_kernel<T, D, DV, GROUP, Cfg>, grid,
+                dim3(Cfg::kThreads), smem, stream, pdl, p, maps);
+}
+
+// A persistent decode launch of `ctas` CTAs (PersistentDecodeConfig, sm_90a TMA code only) over the
+// decode tile map's grid_tiles columns (plus p.pad_ctas zeroing columns): they claim the items from
+// p.work_queue, which other such launches of the call may share. Plain launch (no PDL).
+template <typename T, int D, int DV, int GROUP>
+void launch_persistent_decode(const AttentionParams& params, int64_t grid_tiles, int ctas, cudaStream_t stream) {
+  using Cfg = PersistentDecodeConfig<D, DV>;
+  constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
+  static_assert(smem <= 227 * 1024, "attention tile exceeds Hopper's 227 KB of shared memory per block");
+  const int64_t columns = grid_tiles + params.pad_ctas;
+  if (columns <= 0 || ctas <= 0) return;
+  AttentionParams p = params;
+  p.work_columns = int(columns);
+  int device = 0;
+  PGQA_CUDA_CHECK(cudaGetDevice(&device));
+  raise_dynamic_smem<persistent_decode_kernel<T, D, DV, GROUP, Cfg>>(device, smem);
+  const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
+  const int64_t items = columns * p.max_splits * p.num_kv_heads;
+  launch_kernel("persistent_decode_kernel", persistent_decode_kernel<T, D, DV, GROUP, Cfg>,
+                dim3(unsigned(std::min<int64_t>(ctas, items))), dim3(Cfg::kThreads), smem, stream, false, p, maps);
 }
 
 // The prefill tiles: the Hopper kernel where the plan chose it (sm_90a build on an sm_90 device,
@@ -485,34 +588,54 @@ void launch_prefill(const AttentionParams& p, const LaunchPlan& plan, bool pdl, 
 }
 
 // Runs both configs, each over its own tile map (the step check or the planner wrote the maps
-// before; the merge, when splits exist, runs after; plan.decode_early: see below). The prefill launch goes first, so that its
-// long tiles start first. With plan.side, it runs on that stream instead, forked after everything
-// enqueued so far and joined back before returning, beside the decode launch: decode CTAs then fill
-// the SMs the prefill's last wave leaves idle. The decode launch zeroes the padding rows when
-// plan.pad_ctas > 0.
+// before; the merge, when splits exist, runs after). The decode launch zeroes the padding rows when
+// plan.pad_ctas > 0. Four orders:
+// - plan.side, Hopper TMA decode tiles that have a PersistentDecodeConfig, plan.beside_prefill_ctas
+//   > 0: decode beside the prefill. A
+//   few persistent decode CTAs go on the side stream, whose higher priority places them before any
+//   prefill CTA, and stream K / V on their SMs (a wide prefill CTA cannot share an SM with one:
+//   registers) while the prefill launch on the call stream takes the other SMs; a second persistent
+//   decode launch after the prefill, one CTA per SM, drains the items left.
+// - plan.side otherwise: the prefill launch on the side stream, the plain decode grid on the call
+//   stream, whose CTAs fill the SMs the prefill's last wave leaves idle.
+// - plan.decode_early with TMA decode tiles: the decode launch first, streaming K / V beside the
+//   step check (decode_before_wait); the prefill launch, nearly empty in a decode batch, after it.
+// - else the prefill launch first (its long tiles start first), then the decode launch.
 template <typename T, int D, int DV, int GROUP>
 void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream) {
   AttentionParams prefill = p;
   prefill.tile_start = p.prefill_tile_start;
   prefill.pad_ctas = 0;
+  prefill.work_queue = nullptr;
   AttentionParams decode = p;
   decode.tile_start = p.decode_tile_start;
   decode.pad_ctas = plan.pad_ctas;
+  int device = 0;
+  PGQA_CUDA_CHECK(cudaGetDevice(&device));
+  constexpr bool kTmaDecode = kDecodeTmaKv<DecodeConfig<D, DV>, D, DV>;
+  constexpr bool kPersistentDecode = kTmaDecode && persistent_decode_stages(D, DV) >= 2;
+  const bool tma_decode = kTmaDecode && runs_sm90a_code(device);
   if (plan.side != nullptr) {
     PGQA_CUDA_CHECK(cudaEventRecord(plan.fork, stream));
     PGQA_CUDA_CHECK(cudaStreamWaitEvent(plan.side, plan.fork, 0));
+    if constexpr (kPersistentDecode) {
+      if (tma_decode && plan.beside_prefill_ctas > 0) {
+        launch_persistent_decode<T, D, DV, GROUP>(decode, plan.decode_grid_tiles, plan.beside_prefill_ctas,
+                                                  plan.side);
+        PGQA_CUDA_CHECK(cudaEventRecord(plan.join, plan.side));
+        launch_prefill<T, D, DV, GROUP>(prefill, plan, false, stream);
+        launch_persistent_decode<T, D, DV, GROUP>(decode, plan.decode_grid_tiles, plan.after_prefill_ctas, stream);
+        PGQA_CUDA_CHECK(cudaStreamWaitEvent(stream, plan.join, 0));
+        return;
+      }
+    }
     launch_prefill<T, D, DV, GROUP>(prefill, plan, false, plan.side);
     launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(decode, plan.decode_grid_tiles, false, stream);
     PGQA_CUDA_CHECK(cudaEventRecord(plan.join, plan.side));
     PGQA_CUDA_CHECK(cudaStreamWaitEvent(stream, plan.join, 0));
     return;
   }
-  // Early decode: where the decode tiles run TMA code, the decode launch goes first and streams K / V
-  // beside the step check (decode_before_wait); the prefill launch, nearly empty in a decode batch,
-  // follows it.
-  int device = 0;
-  PGQA_CUDA_CHECK(cudaGetDevice(&device));
-  if (plan.decode_early && kDecodeTmaKv<DecodeConfig<D, DV>, D, DV> && runs_sm90a_code(device)) {
+  if (plan.decode_early && tma_decode) {
     decode.decode_before_wait = true;
     launch_config<T, D, DV, GROUP, DecodeConfig<D, DV>>(decode, plan.decode_grid_tiles, plan.pdl, stream);
     launch_prefill<T, D, DV, GROUP>(prefill, plan, plan.pdl, stream);

@@ -110,6 +110,8 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
     plan.num_split_counters = plan.decode_grid_tiles * shape.num_kv_heads;
     off = align_up(off + sizeof(int32_t) * size_t(plan.num_split_counters));
   }
+  plan.work_queue_offset = off;
+  off = align_up(off + sizeof(int32_t));
   plan.workspace_bytes = off;
   return plan;
 }
@@ -124,6 +126,7 @@ TileMapJob tile_map_job(const LaunchPlan& plan, int group, void* workspace) {
   job.split_counters =
       plan.num_split_counters > 0 ? reinterpret_cast<int32_t*>(ws + plan.split_counters_offset) : nullptr;
   job.num_split_counters = int(plan.num_split_counters);
+  job.work_queue = reinterpret_cast<int32_t*>(ws + plan.work_queue_offset);
   return job;
 }
 

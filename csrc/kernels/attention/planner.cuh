@@ -34,6 +34,7 @@ struct LaunchPlan {
   size_t partial_o_offset = 0;    // fp32 [max_splits][rows*Hq][Dv] (only when max_splits > 1)
   size_t partial_lse_offset = 0;  // fp32 [max_splits][rows*Hq]
   size_t split_counters_offset = 0;  // int32 [decode_grid_tiles][Hkv] (only when max_splits > 1)
+  size_t work_queue_offset = 0;   // int32: the persistent decode launches' work queue
   int64_t num_split_counters = 0;
   size_t workspace_bytes = 0;
 
@@ -45,6 +46,9 @@ struct LaunchPlan {
   bool decode_like = false;       // at most kDecodeBlockM packed rows per slot on average
   bool decode_early = false;      // the decode launch may go first, right after the step check, with
                                   // decode_before_wait (launch_attention decides: TMA tiles only)
+  int beside_prefill_ctas = 0;    // with side: persistent decode CTAs that run beside the prefill launch
+                                  // (0: the decode launch is a plain grid; launch_attention)
+  int after_prefill_ctas = 0;     // then the persistent decode CTAs launched after the prefill
   cudaStream_t side = nullptr;    // non-null: the prefill launch runs on this stream, forked after the
                                   // step check by `fork` and joined back by `join`, concurrently with
                                   // the decode launch on the call's stream
@@ -143,6 +147,11 @@ __device__ __forceinline__ bool locate_tile(const AttentionParams& p, int tile, 
   t.first = visible_keys(t.cache_len + t.row0 / group, t.kv_len, p.causal, p.sliding_window);
   t.last = visible_keys(t.cache_len + (t.row0 + t.rows_here - 1) / group, t.kv_len, p.causal, p.sliding_window);
   return true;
+}
+
+// Asks for the 128-byte line holding `ptr` to be brought into L2 (no register result, no fault).
+__device__ __forceinline__ void l2_prefetch(const void* ptr) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
 }
 
 // locate_tile for tile `tile` of the decode map, computed from cu_seqlens_q instead of the map, for
@@ -277,6 +286,7 @@ __device__ void build_tile_maps(const TileMapJob& job, const int32_t* cu, int ba
     job.decode_tile_start[batch] = carry.y;
   }
   for (int i = tid; i < job.num_split_counters; i += kThreads) job.split_counters[i] = 0;
+  if (tid == 0) *job.work_queue = 0;
 }
 
 }  // namespace paddle_gqa::cuda::attn

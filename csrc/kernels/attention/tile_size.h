@@ -83,6 +83,28 @@ constexpr int prefill_smem_bytes(int d, int dv) {
 constexpr int decode_smem_bytes(int d, int dv) {
   return smem_bytes(kDecodeBlockM, kDecodeBlockN, kDecodeWarpsN, decode_stages(d, dv), d, dv);
 }
+// The decode tiles of a persistent decode launch (launch_attention: beside a mixed batch's prefill,
+// Hopper only), one CTA per SM: 8 warps over 128-key tiles, as many stages as about 220 KB hold (3
+// for 128/128, 2 for 192/128; none for heads whose two stages exceed it, e.g. 256/256, which keep the
+// plain decode grid). A decode CTA's rate is bound by its warps' latency chains, not by
+// its bytes in flight (H100: about 40 GB/s for the 4-warp tile with 3 or 6 stages alike), so the
+// few CTAs that run beside the prefill get twice the warps.
+inline constexpr int kPersistentDecodeBlockN = 2 * kDecodeBlockN;
+inline constexpr int kPersistentDecodeWarpsN = 2 * kDecodeWarpsN;
+inline constexpr int kPersistentDecodeSmemBudget = 220 * 1024;
+constexpr int persistent_decode_stages(int d, int dv) {  // < 2: no persistent decode tile
+  const int stage = 2 * kPersistentDecodeBlockN * (d + dv + 2 * kSmemPad);  // padded K and V rows
+  return (kPersistentDecodeSmemBudget - 2 * kDecodeBlockM * (d + kSmemPad)) / stage;
+}
+template <int D, int DV>
+using PersistentDecodeConfig = TileConfig<kDecodeBlockM, kPersistentDecodeBlockN, 1, kPersistentDecodeWarpsN, 1,
+                                          persistent_decode_stages(D, DV)>;
+
+static_assert(persistent_decode_stages(128, 128) == 3 && persistent_decode_stages(192, 128) == 2 &&
+                  persistent_decode_stages(256, 256) < 2 &&
+                  attention_smem_bytes<PersistentDecodeConfig<128, 128>, 128, 128>() <= kPersistentDecodeSmemBudget &&
+                  attention_smem_bytes<PersistentDecodeConfig<192, 128>, 192, 128>() <= kPersistentDecodeSmemBudget,
+              "persistent decode stages fill the budget");
 static_assert(prefill_smem_bytes(192, 128) == attention_smem_bytes<PrefillConfig<192, 128>, 192, 128>() &&
                   prefill_smem_bytes(256, 256) == attention_smem_bytes<PrefillConfig<256, 256>, 256, 256>() &&
                   decode_smem_bytes(128, 128) == attention_smem_bytes<DecodeConfig<128, 128>, 128, 128>() &&
