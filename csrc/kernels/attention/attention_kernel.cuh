@@ -164,7 +164,10 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
         const bool is_v = pn >= D / 64;
         const int key = key0 + bx * box_rows;
         const int block = block_row[key >> bs_log2];
-        const int row = ((block * p.num_kv_heads + kvh) << bs_log2) + (key & ((1 << bs_log2) - 1));
+        // Unsigned: an early tile may meet an unvalidated block id; the wrapped row is still a
+        // coordinate the tensor map bounds-checks (a copy outside the cache reads zeros).
+        const int row = int(((unsigned(block) * unsigned(p.num_kv_heads) + unsigned(kvh)) << bs_log2) +
+                            unsigned(key & ((1 << bs_log2) - 1)));
         const uint32_t dst = is_v ? v_tma + st * kTmaVBytes + (pn - D / 64) * (BN * 128)
                                   : k_tma + st * kTmaKBytes + pn * (BN * 128);
         sm90::tma_load_2d(dst + uint32_t(bx * box_rows * 128), is_v ? static_cast<const void*>(&maps.v)
