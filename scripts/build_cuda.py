@@ -5,7 +5,7 @@ Runs scripts/gen_kernels.py, writes build/dlpack/build.ninja (nvcc for every .cu
 the generated instantiations included; g++ for csrc/common/*.cc and csrc/dlpack/*.cc; cudart linked
 statically) and runs ninja. Prints the build time and the number of generated instantiations.
 
-Usage: python scripts/build_cuda.py [--subset full|ci] [--arch 90a[,80]] [--jobs N] [--lineinfo]
+Usage: python scripts/build_cuda.py [--subset full|ci] [--arch 90a[,80]] [--jobs N] [--lineinfo] [--ptxas-report]
                                     [--cudart static|shared] [-D NAME[=VALUE] ...]
 """
 import argparse
@@ -99,6 +99,24 @@ def ninja_escape(path) -> str:
     return str(path).replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
 
 
+def spill_report(log: str) -> str:
+    """One line on ptxas's -v report: how many kernel entries it compiled (per target) and which
+    spill (bytes of spill stores > 0), then one line per spilling entry."""
+    entries, spilling, current = 0, [], None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)' for '([^']+)'", line)
+        if m:
+            entries += 1
+            current = f"{m.group(1)} ({m.group(2)})"
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and current is not None:
+            if int(m.group(1)) or int(m.group(2)):
+                spilling.append(f"  spills {m.group(1)}/{m.group(2)} B (stores/loads): {current}")
+            current = None
+    return "\n".join([f"ptxas: {entries} kernel entries compiled, {len(spilling)} spill"] + spilling)
+
+
 def write_ninja(args, home: pathlib.Path, cu, cc) -> pathlib.Path:
     nvcc = home / "bin" / "nvcc"
     major, _ = nvcc_version(nvcc)
@@ -114,6 +132,8 @@ def write_ninja(args, home: pathlib.Path, cu, cc) -> pathlib.Path:
         nvcc_flags.append("-static-global-template-stub=false")
     if args.lineinfo:
         nvcc_flags.append("-lineinfo")
+    if args.ptxas_report:
+        nvcc_flags += ["-Xptxas", "-v"]
     nvcc_flags += [f"-D{d}" for d in args.define]
     cxx = os.environ.get("CXX", "g++")
     cxx_flags = common + ["-fPIC", "-fvisibility=hidden", "-Wall", f"-I{home / 'include'}"] + includes + pybind
@@ -172,6 +192,9 @@ def main() -> None:
     ap.add_argument("--arch", default="90a", help="compute capabilities, comma-separated (default: 90a)")
     ap.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="parallel compile jobs")
     ap.add_argument("--lineinfo", action="store_true", help="add -lineinfo (for compute-sanitizer reports)")
+    ap.add_argument("--ptxas-report", action="store_true",
+                    help="compile with -Xptxas -v, keep the report in build/dlpack/ptxas.log and print the "
+                         "kernels that spill")
     ap.add_argument("--define", "-D", action="append", default=[],
                     help="an extra nvcc -D (A/B builds of a kernel change); repeatable")
     ap.add_argument("--cudart", choices=("static", "shared"), default="static",
@@ -187,10 +210,18 @@ def main() -> None:
     ninja = shutil.which("ninja")
     if ninja is None:
         sys.exit("build_cuda.py: ninja not found: pip install ninja")
-    result = subprocess.run([ninja, "-C", str(BUILD), f"-j{args.jobs}"])
+    if args.ptxas_report:
+        result = subprocess.run([ninja, "-C", str(BUILD), f"-j{args.jobs}"], capture_output=True, text=True)
+        (BUILD / "ptxas.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            print(result.stdout[-20000:], result.stderr[-20000:], sep="\n")
+    else:
+        result = subprocess.run([ninja, "-C", str(BUILD), f"-j{args.jobs}"])
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"build_cuda.py: ninja failed (exit {result.returncode}) after {elapsed:.1f} s")
+    if args.ptxas_report:
+        print(spill_report((BUILD / "ptxas.log").read_text()))
     check_no_private_libstdcxx(target, BUILD / "obj")
     print(f"built {target.relative_to(ROOT)}: subset {args.subset}, arch {args.arch}, "
           f"{len(instances)} generated instantiation files, {len(cu)} .cu + {len(cc)} .cc sources, "

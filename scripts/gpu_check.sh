@@ -57,11 +57,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 "$CUDA_HOME/bin/nvcc" --version | tail -n 2 | head -n 1
 
 if ! step "build ($SUBSET, sm_$ARCH)" "$LOG/build.log" \
-    "$PY" scripts/build_cuda.py --subset "$SUBSET" --arch "$ARCH" --cudart "$CUDART" --lineinfo; then
+    "$PY" scripts/build_cuda.py --subset "$SUBSET" --arch "$ARCH" --cudart "$CUDART" --lineinfo --ptxas-report; then
   printf '%s\n' "--- gpu_check summary" "${SUMMARY[@]}"
   exit 1
 fi
-BUILD_LINE="$(grep '^built ' "$LOG/build.log" | tail -n 1)"
+BUILD_LINE="$(grep -E '^(built |ptxas: )' "$LOG/build.log" | tail -n 2)"
 
 if [ "$TESTS" = 1 ]; then
   step "gpu_smoke" "$LOG/smoke.log" "$PY" scripts/gpu_smoke.py

@@ -496,7 +496,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 // step check) one at a time, column fastest, until none is left. Several launches may drain one
 // queue: launch_attention runs a few such CTAs beside a mixed batch's prefill launch and more after it.
 template <typename T, int D, int DV, int GROUP, class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads)
+__global__ void __launch_bounds__(Cfg::kThreads, 1)  // one CTA per SM: ptxas need not fit two (192/128 spilled)
     persistent_decode_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
   static_assert(Cfg::kBlockM == kDecodeBlockM, "decode tiles only");
   pdl_wait();
