@@ -157,7 +157,7 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.max_splits = plan.max_splits;
   p.pad_ctas = 0;  // launch_attention sets it on the decode launch
   p.split_counters = maps.split_counters;
-  p.work_queue = maps.work_queue;  // launch_config keeps it for persistent decode launches only
+  p.work_queue = maps.work_queue;  // read by persistent decode launches only
 
   // Decode tiles merge their splits themselves (the last split CTA of a tile, split_counters); the
   // merge kernel runs only for prefill tiles that may split. Without it the decode launch's leading
@@ -175,8 +175,7 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   // Both launches side by side only when prefill slots may hold most of the rows (fewer than
   // kDecodeBlockM packed rows per slot on average means a decode batch: its prefill launch is
   // nearly empty and a fork would only add host work) and decode slots may exist beside them.
-  const bool mixed = shape.batch >= 2 && shape.rows * shape.group > shape.batch * attn::kDecodeBlockM &&
-                     plan.prefill_grid_tiles > 0 && plan.decode_grid_tiles > 0;
+  const bool mixed = shape.batch >= 2 && !plan.decode_like && plan.prefill_grid_tiles > 0 && plan.decode_grid_tiles > 0;
   if (options.side != nullptr && mixed) {
     plan.side = options.side;
     plan.fork = options.fork;
@@ -190,8 +189,8 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   }
   // The decode launch may read K / V before the check completes only when it follows the check
   // directly (the maps were written by it, PDL) and nothing between them writes the caches or q.
-  plan.decode_early = plan.pdl && options.tile_maps_written && options.early_decode && plan.decode_like &&
-                      plan.side == nullptr;
+  // A decode batch never takes the side stream (not mixed).
+  plan.decode_early = plan.pdl && options.tile_maps_written && options.early_decode && plan.decode_like;
 
   if (!options.tile_maps_written) attn::launch_tile_planner(p, maps, stream);
   launch(p, plan, stream);

@@ -537,13 +537,11 @@ void raise_dynamic_smem(int device, int smem) {
 
 // One launch of config Cfg: grid (grid_tiles + p.pad_ctas, max_splits, Hkv), the zeroing columns first.
 template <typename T, int D, int DV, int GROUP, class Cfg>
-void launch_config(const AttentionParams& params, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
+void launch_config(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
   constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
   static_assert(smem <= 227 * 1024, "attention tile exceeds Hopper's 227 KB of shared memory per block");
-  const int64_t columns = grid_tiles + params.pad_ctas;
+  const int64_t columns = grid_tiles + p.pad_ctas;
   if (columns <= 0) return;
-  AttentionParams p = params;
-  p.work_queue = nullptr;
   int device = 0;
   PGQA_CUDA_CHECK(cudaGetDevice(&device));
   raise_dynamic_smem<paged_attention_kernel<T, D, DV, GROUP, Cfg>>(device, smem);
@@ -560,9 +558,11 @@ void launch_config(const AttentionParams& params, int64_t grid_tiles, bool pdl, 
 
 // A persistent decode launch of `ctas` CTAs (PersistentDecodeConfig, sm_90a TMA code only) over the
 // decode tile map's grid_tiles columns (plus p.pad_ctas zeroing columns): they claim the items from
-// p.work_queue, which other such launches of the call may share. Plain launch (no PDL).
+// p.work_queue, which other such launches of the call may share, over `maps` (make_hopper_kv_maps of
+// the call). Plain launch (no PDL).
 template <typename T, int D, int DV, int GROUP>
-void launch_persistent_decode(const AttentionParams& params, int64_t grid_tiles, int ctas, cudaStream_t stream) {
+void launch_persistent_decode(const AttentionParams& params, const HopperKvMaps& maps, int64_t grid_tiles, int ctas,
+                              cudaStream_t stream) {
   using Cfg = PersistentDecodeConfig<D, DV>;
   constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
   static_assert(smem <= 227 * 1024, "attention tile exceeds Hopper's 227 KB of shared memory per block");
@@ -573,7 +573,6 @@ void launch_persistent_decode(const AttentionParams& params, int64_t grid_tiles,
   int device = 0;
   PGQA_CUDA_CHECK(cudaGetDevice(&device));
   raise_dynamic_smem<persistent_decode_kernel<T, D, DV, GROUP, Cfg>>(device, smem);
-  const HopperKvMaps maps = make_hopper_kv_maps<T>(p, D, DV);
   const int64_t items = columns * p.max_splits * p.num_kv_heads;
   launch_kernel("persistent_decode_kernel", persistent_decode_kernel<T, D, DV, GROUP, Cfg>,
                 dim3(unsigned(std::min<int64_t>(ctas, items))), dim3(Cfg::kThreads), smem, stream, false, p, maps);
@@ -609,7 +608,6 @@ void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStre
   AttentionParams prefill = p;
   prefill.tile_start = p.prefill_tile_start;
   prefill.pad_ctas = 0;
-  prefill.work_queue = nullptr;
   AttentionParams decode = p;
   decode.tile_start = p.decode_tile_start;
   decode.pad_ctas = plan.pad_ctas;
@@ -623,11 +621,13 @@ void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStre
     PGQA_CUDA_CHECK(cudaStreamWaitEvent(plan.side, plan.fork, 0));
     if constexpr (kPersistentDecode) {
       if (tma_decode && plan.beside_prefill_ctas > 0) {
-        launch_persistent_decode<T, D, DV, GROUP>(decode, plan.decode_grid_tiles, plan.beside_prefill_ctas,
+        const HopperKvMaps maps = make_hopper_kv_maps<T>(decode, D, DV);  // one encoding for both launches
+        launch_persistent_decode<T, D, DV, GROUP>(decode, maps, plan.decode_grid_tiles, plan.beside_prefill_ctas,
                                                   plan.side);
         PGQA_CUDA_CHECK(cudaEventRecord(plan.join, plan.side));
         launch_prefill<T, D, DV, GROUP>(prefill, plan, false, stream);
-        launch_persistent_decode<T, D, DV, GROUP>(decode, plan.decode_grid_tiles, plan.after_prefill_ctas, stream);
+        launch_persistent_decode<T, D, DV, GROUP>(decode, maps, plan.decode_grid_tiles, plan.after_prefill_ctas,
+                                                  stream);
         PGQA_CUDA_CHECK(cudaStreamWaitEvent(stream, plan.join, 0));
         return;
       }

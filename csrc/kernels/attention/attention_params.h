@@ -45,8 +45,8 @@ struct AttentionParams {
                                 // running a tile (set on one launch when no merge runs; 0 elsewhere)
   bool decode_before_wait;      // decode launch (TMA tiles) right after the step check: its tiles stream
                                 // K / V before the check completes (attention_kernel.cuh, launch_attention)
-  int32_t* work_queue;          // workspace int32, zeroed by build_tile_maps: the next work item of a
-                                // persistent decode launch (nullptr in every other launch)
+  int32_t* work_queue;          // workspace int32, zeroed by build_tile_maps: the next work item of the
+                                // persistent decode launches (persistent_decode_kernel reads it)
   int work_columns;             // a persistent decode launch's virtual grid width (tiles + pad_ctas)
   int32_t* split_counters;      // workspace [decode tiles][Hkv], zeroed by build_tile_maps: split CTAs of
                                 // a decode tile count their arrivals and the last merges the tile's rows;
