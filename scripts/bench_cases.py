@@ -158,8 +158,10 @@ class InputSet:
         return sum(t.numel() * t.element_size() for t in ts)
 
 
-def build_set(case: Case, groups: Tuple[Group, ...], gen, device, with_ours: bool = True) -> InputSet:
-    """Random bf16 data (never zeros) for `groups`, written into both layouts."""
+def build_set(case: Case, groups: Tuple[Group, ...], gen, device, with_ours: bool = True,
+              shuffle_blocks: bool = True) -> InputSet:
+    """Random bf16 data (never zeros) for `groups`, written into both layouts. `shuffle_blocks=False`
+    gives each slot consecutive block ids in slot order (a layout probe; the benchmark shuffles)."""
     import torch
     bf16 = torch.bfloat16
     qs, ks, vs = [], [], []
@@ -177,7 +179,8 @@ def build_set(case: Case, groups: Tuple[Group, ...], gen, device, with_ours: boo
     nblk = [math.ceil(g.kv_len / BLOCK_SIZE) for g in groups for _ in range(g.batch)]
     used = sum(nblk)
     num_blocks = used + max(8, used // 8)  # spare blocks the step never references
-    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(used), device="cpu")
+    perm = (torch.randperm(num_blocks, generator=torch.Generator().manual_seed(used), device="cpu")
+            if shuffle_blocks else torch.arange(num_blocks))
     key_cache = torch.randn(num_blocks, case.hkv, BLOCK_SIZE, case.d, generator=gen, device=device, dtype=bf16)
     value_cache = torch.randn(num_blocks, case.hkv, BLOCK_SIZE, case.dv, generator=gen, device=device, dtype=bf16)
     bt = torch.full((len(nblk), max(nblk)), -1, dtype=torch.int32)

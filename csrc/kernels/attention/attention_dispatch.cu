@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 
@@ -158,6 +159,11 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.pad_ctas = 0;  // launch_attention sets it on the decode launch
   p.split_counters = maps.split_counters;
   p.work_queue = maps.work_queue;  // read by persistent decode launches only
+#ifdef PGQA_CTA_TIMES
+  const char* cta_times = std::getenv("PADDLE_GQA_CTA_TIMES");
+  p.cta_times = cta_times != nullptr ? reinterpret_cast<unsigned long long*>(std::strtoull(cta_times, nullptr, 0))
+                                     : nullptr;
+#endif
 
   // Decode tiles merge their splits themselves (the last split CTA of a tile, split_counters); the
   // merge kernel runs only for prefill tiles that may split. Without it the decode launch's leading

@@ -435,6 +435,26 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   }
 }
 
+#ifdef PGQA_CTA_TIMES
+__device__ __forceinline__ unsigned long long global_timer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// Thread 0 of a decode CTA records {start, now, smid, items} at its linear id (measurement builds).
+__device__ __forceinline__ void record_cta_time(const AttentionParams& p, unsigned long long start, int items) {
+  if (p.cta_times == nullptr || threadIdx.x != 0) return;
+  unsigned smid;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+  const int64_t cta = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
+  unsigned long long* r = p.cta_times + 4 * cta;
+  r[0] = start;
+  r[1] = global_timer_ns();
+  r[2] = smid;
+  r[3] = unsigned(items);
+}
+#endif
+
 // The S stage barriers of a TMA decode config, initialised by thread 0 for every item of the CTA:
 // warp 0 (thread 0 among it) arms and issues the stages, and the other warps wait on them only after
 // an item's first __syncthreads. Returns their shared address (8 bytes each).
@@ -473,6 +493,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #else
   const bool early = false;
 #endif
+#ifdef PGQA_CTA_TIMES
+  const unsigned long long cta_start = global_timer_ns();
+#endif
   if (!early) {
     pdl_wait();  // the step check (tile maps, error record) and any kernel before this one are done
     pdl_launch_dependents();
@@ -489,6 +512,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   uint32_t phase_bits = 0;
   attention_work_item<T, D, DV, GROUP, Cfg>(p, maps, blockIdx.x, gridDim.x, blockIdx.y, blockIdx.z, early,
                                             init_stage_barriers<Cfg, D, DV>(), phase_bits);
+#ifdef PGQA_CTA_TIMES
+  if constexpr (Cfg::kBlockM == kDecodeBlockM) record_cta_time(p, cta_start, 1);
+#endif
 }
 
 // A persistent decode launch: any grid of Cfg::kThreads-thread CTAs (decode config) that claim the
@@ -499,6 +525,10 @@ template <typename T, int D, int DV, int GROUP, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)  // one CTA per SM: ptxas need not fit two (192/128 spilled)
     persistent_decode_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
   static_assert(Cfg::kBlockM == kDecodeBlockM, "decode tiles only");
+#ifdef PGQA_CTA_TIMES
+  const unsigned long long cta_start = global_timer_ns();
+  int items_done = 0;
+#endif
   pdl_wait();
   pdl_launch_dependents();
   if (p.error->code != 0) return;
@@ -517,7 +547,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)  // one CTA per SM: ptxas ne
     __syncthreads();  // also: every thread is done with the last item's shared memory
     const int64_t item = claimed;
     __syncthreads();  // `claimed` is read before thread 0 claims again
-    if (item >= items) return;
+    if (item >= items) {
+#ifdef PGQA_CTA_TIMES
+      record_cta_time(p, cta_start, items_done);
+#endif
+      return;
+    }
+#ifdef PGQA_CTA_TIMES
+    ++items_done;
+#endif
     const int column = int(item % columns);
     const int split = int(item / columns % p.max_splits);
     const int kvh = int(item / (int64_t(columns) * p.max_splits));

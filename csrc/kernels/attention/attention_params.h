@@ -51,6 +51,12 @@ struct AttentionParams {
   int32_t* split_counters;      // workspace [decode tiles][Hkv], zeroed by build_tile_maps: split CTAs of
                                 // a decode tile count their arrivals and the last merges the tile's rows;
                                 // nullptr (no splits): nothing to merge
+#ifdef PGQA_CTA_TIMES
+  // Measurement builds only (scripts/build_cuda.py -D PGQA_CTA_TIMES): per CTA of the decode
+  // launches {start, end (%globaltimer ns), smid, items}, indexed by linear CTA id; from the
+  // device address in PADDLE_GQA_CTA_TIMES (scripts/decode_flush_probe.py --cta-times).
+  unsigned long long* cta_times;
+#endif
 };
 
 // Where the tile maps of a call go and how slots are tiled: filled on the host by
