@@ -172,6 +172,7 @@ def main():
     ap.add_argument("--cta-times", action="store_true", help="per-CTA start / end of the decode launch "
                     "(a build with -D PGQA_CTA_TIMES)")
     ap.add_argument("--no-timeline", action="store_true")
+    ap.add_argument("--no-consecutive", action="store_true", help="skip the consecutive-block variant")
     ap.add_argument("--lone", action="store_true", help="also a step of 32 lone CTAs (B 1, Hkv 1, 32k keys)")
     args = ap.parse_args()
     from paddle_gqa import dlpack_ops as ops
@@ -188,7 +189,9 @@ def main():
         variants = {"ours shuffled": ours_call(ops, case, shuffled),
                     "ours consecutive": ours_call(ops, case, consecutive),
                     "cuDNN": cudnn_call(shuffled)}
-        if args.timeline_only or args.knobs:
+        if case.window:  # SDPA would read every key (the bench hands it the window's slice)
+            variants.pop("cuDNN")
+        if args.timeline_only or args.knobs or args.no_consecutive:
             variants.pop("ours consecutive")
         for label, env in parse_knobs(args.knobs).items():
             variants[label] = with_env(variants["ours shuffled"], env)
