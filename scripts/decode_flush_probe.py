@@ -30,22 +30,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import bench_cases  # noqa: E402
-from profile_steps import _short_name, time_calls  # noqa: E402
+from profile_steps import _short_name, planned_paged_call, time_calls  # noqa: E402
 
 FLUSH_BYTES = 256 * 2**20
-
-
-def ours_call(ops, case, s):
-    stream = torch.cuda.current_stream().cuda_stream
-    plan = torch.empty(ops.PLAN_WORDS, dtype=torch.int32, device="cuda")
-    ops.plan(plan, s.qkv, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q, s.cache_seqlens,
-             None, None, rotary_dim=0, sliding_window=case.window, causal=True, stream=stream)
-
-    def call():
-        ops.paged_attention(s.out, s.q_rows, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q,
-                            s.cache_seqlens, s.sinks, sliding_window=case.window, causal=True,
-                            stream=torch.cuda.current_stream().cuda_stream, plan=plan)
-    return call
 
 
 def with_env(fn, env):
@@ -186,8 +173,8 @@ def main():
     for case in cases:
         shuffled = bench_cases.build_set(case, case.groups, gen, "cuda")
         consecutive = bench_cases.build_set(case, case.groups, gen, "cuda", shuffle_blocks=False)
-        variants = {"ours shuffled": ours_call(ops, case, shuffled),
-                    "ours consecutive": ours_call(ops, case, consecutive),
+        variants = {"ours shuffled": planned_paged_call(ops, case, shuffled)[1],
+                    "ours consecutive": planned_paged_call(ops, case, consecutive)[1],
                     "cuDNN": cudnn_call(shuffled)}
         if case.window:  # SDPA would read every key (the bench hands it the window's slice)
             variants.pop("cuDNN")

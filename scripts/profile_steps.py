@@ -117,6 +117,22 @@ def time_calls(fn, calls, flush):
     return times[len(times) // 2]
 
 
+def planned_paged_call(ops, case, s):
+    """The step's plan (made once, as a model makes it once for all its layers) and a closure that
+    calls paged_attention on input set `s` with it. The stream is looked up per call, so that the
+    closure also runs under graph capture."""
+    plan = torch.empty(ops.PLAN_WORDS, dtype=torch.int32, device="cuda")
+    ops.plan(plan, s.qkv, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q, s.cache_seqlens,
+             None, None, rotary_dim=0, sliding_window=case.window, causal=True,
+             stream=torch.cuda.current_stream().cuda_stream)
+
+    def paged():
+        ops.paged_attention(s.out, s.q_rows, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q,
+                            s.cache_seqlens, s.sinks, sliding_window=case.window, causal=True,
+                            stream=torch.cuda.current_stream().cuda_stream, plan=plan)
+    return plan, paged
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="small_decode,decode_g3,decode_swa,decode_192_128,mixed,prefill_g3")
@@ -131,16 +147,7 @@ def main():
     report = {}
     for case in bench_cases.select_cases(args.cases.split(",")):
         s = bench_cases.build_set(case, case.groups, gen, "cuda")
-        stream = torch.cuda.current_stream().cuda_stream
-        plan = torch.empty(ops.PLAN_WORDS, dtype=torch.int32, device="cuda")
-        ops.plan(plan, s.qkv, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q, s.cache_seqlens,
-                 None, None, rotary_dim=0, sliding_window=case.window, causal=True, stream=stream)
-
-        # The stream is looked up per call, so that the same closures run under graph capture.
-        def paged():
-            ops.paged_attention(s.out, s.q_rows, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q,
-                                s.cache_seqlens, s.sinks, sliding_window=case.window, causal=True,
-                                stream=torch.cuda.current_stream().cuda_stream, plan=plan)
+        plan, paged = planned_paged_call(ops, case, s)
 
         def append():
             ops.append_attention(s.out, s.qkv, s.key_cache, s.value_cache, s.block_tables, s.cu_seqlens_q,
