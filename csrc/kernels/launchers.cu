@@ -135,8 +135,8 @@ void end_call(const CallContext& c) {
 // PADDLE_GQA_SIDE_PRIORITY=0 runs the side launch at the default stream priority instead of the
 // highest, PADDLE_GQA_EARLY_DECODE=0 keeps paged_attention's decode tiles waiting for the step check
 // before they read K / V, PADDLE_GQA_BESIDE_PREFILL_CTAS=N runs N persistent decode CTAs beside a
-// mixed batch's prefill launch (0: a plain decode grid beside it, as before). Outside CUDA graphs (which ignore stream priorities) the highest lets the prefill tiles
-// take the SMs before the decode tiles, which then fill those the prefill's last wave leaves idle.
+// mixed batch's prefill launch (0: a plain decode grid beside it). Outside CUDA graphs (which ignore
+// stream priorities) the highest priority places the side launch's CTAs before the call stream's.
 bool knob_on(const char* name) {
   const char* v = std::getenv(name);
   return v == nullptr || std::strcmp(v, "0") != 0;

@@ -631,11 +631,10 @@ void launch_prefill(const AttentionParams& p, const LaunchPlan& plan, bool pdl, 
 // before; the merge, when splits exist, runs after). The decode launch zeroes the padding rows when
 // plan.pad_ctas > 0. Four orders:
 // - plan.side, Hopper TMA decode tiles that have a PersistentDecodeConfig, plan.beside_prefill_ctas
-//   > 0: decode beside the prefill. A
-//   few persistent decode CTAs go on the side stream, whose higher priority places them before any
-//   prefill CTA, and stream K / V on their SMs (a wide prefill CTA cannot share an SM with one:
-//   registers) while the prefill launch on the call stream takes the other SMs; a second persistent
-//   decode launch after the prefill, one CTA per SM, drains the items left.
+//   > 0: decode beside the prefill. A few persistent decode CTAs go on the side stream, whose higher
+//   priority places them before any prefill CTA, and stream K / V on their SMs (a wide prefill CTA
+//   cannot share an SM with one: registers) while the prefill launch on the call stream takes the
+//   other SMs; a second persistent decode launch after the prefill, one CTA per SM, drains the rest.
 // - plan.side otherwise: the prefill launch on the side stream, the plain decode grid on the call
 //   stream, whose CTAs fill the SMs the prefill's last wave leaves idle.
 // - plan.decode_early with TMA decode tiles: the decode launch first, streaming K / V beside the

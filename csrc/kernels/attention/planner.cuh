@@ -129,6 +129,11 @@ struct TileSlot {
   // [first.lo, last.hi] holds every key some row sees and [last.lo, first.hi] the keys all rows see.
   KeyRange first, last;
 };
+// t.first / t.last from t's cache_len, kv_len, row0 and rows_here.
+__device__ __forceinline__ void set_tile_key_ranges(const AttentionParams& p, int group, TileSlot& t) {
+  t.first = visible_keys(t.cache_len + t.row0 / group, t.kv_len, p.causal, p.sliding_window);
+  t.last = visible_keys(t.cache_len + (t.row0 + t.rows_here - 1) / group, t.kv_len, p.causal, p.sliding_window);
+}
 __device__ __forceinline__ bool locate_tile(const AttentionParams& p, int tile, int bm, int group, TileSlot& t) {
   const int* tile_start = p.tile_start;
   if (tile >= tile_start[p.batch]) return false;
@@ -144,8 +149,7 @@ __device__ __forceinline__ bool locate_tile(const AttentionParams& p, int tile, 
   t.kv_len = t.cache_len + t.n;
   t.row0 = (tile - tile_start[b]) * bm;
   t.rows_here = min(bm, t.n * group - t.row0);
-  t.first = visible_keys(t.cache_len + t.row0 / group, t.kv_len, p.causal, p.sliding_window);
-  t.last = visible_keys(t.cache_len + (t.row0 + t.rows_here - 1) / group, t.kv_len, p.causal, p.sliding_window);
+  set_tile_key_ranges(p, group, t);
   return true;
 }
 
@@ -200,8 +204,7 @@ __device__ bool locate_decode_slot(const AttentionParams& p, int tile, int group
   t.kv_len = t.cache_len + t.n;
   t.row0 = 0;
   t.rows_here = t.n * group;
-  t.first = visible_keys(t.cache_len, t.kv_len, p.causal, p.sliding_window);
-  t.last = visible_keys(t.cache_len + (t.rows_here - 1) / group, t.kv_len, p.causal, p.sliding_window);
+  set_tile_key_ranges(p, group, t);
   return true;
 }
 

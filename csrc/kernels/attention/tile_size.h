@@ -86,9 +86,9 @@ constexpr int decode_smem_bytes(int d, int dv) {
 // The decode tiles of a persistent decode launch (launch_attention: beside a mixed batch's prefill,
 // Hopper only), one CTA per SM: 8 warps over 128-key tiles, as many stages as about 220 KB hold (3
 // for 128/128, 2 for 192/128; none for heads whose two stages exceed it, e.g. 256/256, which keep the
-// plain decode grid). A decode CTA's rate is bound by its warps' latency chains, not by
-// its bytes in flight (H100: about 40 GB/s for the 4-warp tile with 3 or 6 stages alike), so the
-// few CTAs that run beside the prefill get twice the warps.
+// plain decode grid). A decode CTA's rate is bound by its warps' latency chains, not by its bytes
+// in flight (H100: 30-40 GB/s for the 4-warp tile with 3, 4 or 6 stages alike, even from L2;
+// BENCHMARKS.md sessions 5-6), so the few CTAs that run beside the prefill get twice the warps.
 inline constexpr int kPersistentDecodeBlockN = 2 * kDecodeBlockN;
 inline constexpr int kPersistentDecodeWarpsN = 2 * kDecodeWarpsN;
 inline constexpr int kPersistentDecodeSmemBudget = 220 * 1024;
