@@ -5,6 +5,7 @@ import pytest
 
 import cases
 from gpu.runners import OP_INPUTS
+from paddle_gqa import reference
 
 APPEND_GRID = cases.sampled_grid(120, seed=11, dtypes=cases.CUDA_DTYPES)
 ROPE_GRID = cases.sampled_grid(30, seed=12, dtypes=cases.CUDA_DTYPES)
@@ -60,6 +61,25 @@ def test_sliding_window_edges(gpu_runner, spec_name, block_size):
                              head_dim=192, v_head_dim=128, block_size=block_size, dtype="bfloat16",
                              rope="neox", sinks=True, seed=block_size + 1)
     cases.run_append_and_check(gpu_runner, case)
+    cases.run_paged_and_check(gpu_runner, case)
+
+
+@pytest.mark.parametrize("profile", ["rising", "falling", "peak"])
+@pytest.mark.parametrize("dtype", cases.CUDA_DTYPES)
+def test_decode_scores_that_move_across_tiles(gpu_runner, dtype, profile):
+    """Decode slots whose cached keys are scaled along the sequence, so that a row's running
+    maximum jumps by far more than the decode tiles' lazy-rescale threshold (2^8) several times
+    over the KV tiles (rising), is set by the first tile (falling), or rises then falls (peak)."""
+    case = cases.build_named(cases.BatchSpec("long_decode", ((1000, 1), (700, 1), (5 * 64 + 3, 1), (64, 1))),
+                             num_q_heads=6, num_kv_heads=2, head_dim=128, v_head_dim=128, block_size=64,
+                             dtype=dtype, sinks=True, seed={"rising": 41, "falling": 42, "peak": 43}[profile])
+    for b, cache_len in enumerate(case.cache_seqlens):
+        pos = np.arange(cache_len) / max(int(cache_len) - 1, 1)
+        factor = {"rising": 1 + 7 * pos, "falling": 8 - 7 * pos, "peak": 8 - 7 * np.abs(2 * pos - 1)}[profile]
+        scaled = reference.round_to_dtype(case.prefix_k[b] * factor[:, None, None], dtype)
+        case.prefix_k[b] = scaled
+        for p in range(int(cache_len)):
+            case.key_cache[case.block_tables[b, p // 64], :, p % 64] = scaled[p]
     cases.run_paged_and_check(gpu_runner, case)
 
 

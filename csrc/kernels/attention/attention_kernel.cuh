@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "../cuda_check.h"
 #include "attention_params.h"
@@ -136,8 +137,9 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   constexpr uint32_t kTmaKBytes = BN * D * 2, kTmaVBytes = BN * DV * 2;
   static_assert(!kTma || 1024 + BM * QS * 2 + S * (kTmaKBytes + kTmaVBytes) <= attention_smem_bytes<Cfg, D, DV>(),
                 "the TMA stages fit the shared memory the config launches with");
-  const uint32_t k_tma = (smem_u32(q_s + BM * QS) + 1023u) & ~1023u;  // [S] K panels
-  const uint32_t v_tma = k_tma + S * kTmaKBytes;                      // [S] V panels
+  const uint32_t k_tma = opaque_u32((smem_u32(q_s + BM * QS) + 1023u) & ~1023u);  // [S] K panels
+  const uint32_t v_tma = opaque_u32(k_tma + S * kTmaKBytes);                      // [S] V panels
+  full0 = opaque_u32(full0);
 
   const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
   const PagedHead<T, D> k_head{static_cast<const T*>(p.k_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
@@ -149,18 +151,22 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   [[maybe_unused]] auto issue_tile = [&](int kt, int st) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     if constexpr (kTma) {
+      // Shifts, not divisions: box_rows = kv_box_rows(block size) is a power of two, and
+      // key0 <= hi (the tile meets [lo, hi]), so the floors below equal the truncating quotients.
       const int bs_log2 = p.block_size_log2;
-      const int box_rows = kv_box_rows(1 << bs_log2);
+      const int box_log2 = min(bs_log2, 6);
+      const int box_rows = 1 << box_log2;
+      static_assert(kv_box_rows(64) == 64 && kv_box_rows(16) == 16 && kv_box_rows(128) == 64, "box rows");
       const int key0 = kt * BN;
-      const int box_lo = max(0, (lo - key0) / box_rows);
-      const int box_hi = min(BN / box_rows - 1, (hi - key0) / box_rows);
+      const int box_lo = max(0, (lo - key0) >> box_log2);
+      const int box_hi = min(BN / box_rows - 1, (hi - key0) >> box_log2);
       const int nbox = box_hi - box_lo + 1;
       const uint32_t bar = full0 + 8u * st;
       if (lane == 0) sm90::mbarrier_arrive_expect_tx(bar, uint32_t(nbox * (D / 64 + DV / 64) * box_rows * 128));
       __syncwarp();
       for (int job = lane; job < nbox * (D / 64 + DV / 64); job += 32) {
-        const int bx = box_lo + job % nbox;
-        const int pn = job / nbox;  // K panels, then V panels
+        const int bx = nbox == 1 ? box_lo : box_lo + job % nbox;  // one box per panel: blocks >= 64 keys
+        const int pn = nbox == 1 ? job : job / nbox;               // K panels, then V panels
         const bool is_v = pn >= D / 64;
         const int key = key0 + bx * box_rows;
         const int block = block_row[key >> bs_log2];
@@ -222,56 +228,54 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   const int v_row = wn * KW + (lane & 7) + ((lane >> 3) & 1) * 8, v_chunk = lane >> 4;
   const int swz = lane & 7;
 
-  for (int kt = kt_begin; kt < kt_end; ++kt) {
-    const int it = kt - kt_begin;
-    const int stage = it % S;
-    if constexpr (kTma) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-      // Refill the stage tile kt - 1 used (freed by the barrier at the end of the last iteration).
-      if (warp == 0 && kt + S - 1 < kt_end) issue_tile(kt + S - 1, (it + S - 1) % S);
-      sm90::mbarrier_wait_parity(full0 + 8u * stage, (phase_bits >> stage) & 1u);
-      phase_bits ^= 1u << stage;
-      if (kt * BN < lo || kt * BN + BN - 1 > hi) {
-        // Keys of the tile outside [lo, hi] were not read or are not this step's: the warp zeroes
-        // its own V rows there (P = 0 must meet finite V), then orders the stores before the
-        // stage's next bulk copy.
-        const uint32_t v_stage = v_tma + stage * kTmaVBytes;
-        for (int idx = lane; idx < KW * (DV / 64) * 8; idx += 32) {
-          const int r = wn * KW + idx / ((DV / 64) * 8);
-          const int rest = idx % ((DV / 64) * 8);
-          const int key = kt * BN + r;
-          if (key < lo || key > hi) {
-            const uint32_t addr = v_stage + uint32_t((rest >> 3) * (BN * 128) + r * 128 + (rest & 7) * 16);
-            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
-          }
-        }
-        sm90::fence_proxy_async_smem();
-        __syncwarp();
-      }
-#endif
-    } else {
-      if (kt + S - 1 < kt_end) {  // refill the stage tile kt - 1 used (freed by the barrier below)
-        const int st = (it + S - 1) % S;
-        load_kv_tile<T, D, BN, NT>(k_s + st * BN * QS, k_head, (kt + S - 1) * BN, lo, hi, tid);
-        load_kv_tile<T, DV, BN, NT>(v_s + st * BN * VS, v_head, (kt + S - 1) * BN, lo, hi, tid);
-      }
-      cp_async_commit();
-      cp_async_wait<S - 1>();  // tile kt has landed; the S - 1 after it may still be in flight
-      __syncthreads();
-    }
+  // Decode tiles are latency-bound per CTA (one warp per scheduler: ~300 dependent instructions
+  // per KV tile; BENCHMARKS.md sessions 6-7), so they trade registers for a shorter chain per
+  // tile: Q's fragments stay in registers for the whole loop (D + Dv <= 256; two CTAs per SM still
+  // fit, __launch_bounds__), S accumulates over two independent MMA chains (even and odd k16
+  // steps), O is rescaled lazily, and full tiles run a copy of the math without the mask.
+  constexpr bool kDecodeTile = BM == kDecodeBlockM && MA == 1;
+  constexpr bool kQInRegs = kDecodeTile && D + DV <= 256;
+  constexpr int kChains = kDecodeTile ? 2 : 1;
+  constexpr bool kLazyRescale = kDecodeTile;
+  uint32_t q_frag[kQInRegs ? D / 16 : 1][4];
 
-    // S = Q K^T for the warp's 16 MA rows x KW keys.
+  if constexpr (kQInRegs && kTma) {  // Q has landed (the prologue's barrier)
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(q_frag[kk], smem_u32(q_s + q_off + kk * 16));
+  }
+  // One KV tile's math on stage `stage`: S = Q K^T, the mask where `masked`, the online softmax and
+  // O += P V. `masked` is a bool, or a std::bool_constant where decode tiles compile a second copy
+  // of the math for boundary tiles, so that the full tiles carry no mask code.
+  const auto tile_math = [&](const int kt, const int stage, const auto masked) {
+    // S = Q K^T for the warp's 16 MA rows x KW keys, over kChains independent accumulators.
+    if constexpr (kQInRegs && !kTma) {
+      if (kt == kt_begin) {  // Q has landed (the barrier before this tile)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(q_frag[kk], smem_u32(q_s + q_off + kk * 16));
+      }
+    }
     const T* k_stage = k_s + stage * BN * QS;
     float s[MA][NB][4];
+    float s_odd[MA][NB][4];  // the odd k16 steps' chain (kChains == 2; otherwise unused)
 #pragma unroll
     for (int a = 0; a < MA; ++a)
 #pragma unroll
       for (int i = 0; i < NB; ++i) s[a][i][0] = s[a][i][1] = s[a][i][2] = s[a][i][3] = 0.f;
+    if constexpr (kChains > 1) {
+#pragma unroll
+      for (int i = 0; i < NB; ++i) s_odd[0][i][0] = s_odd[0][i][1] = s_odd[0][i][2] = s_odd[0][i][3] = 0.f;
+    }
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t qa[MA][4];
+      if constexpr (kQInRegs) {
 #pragma unroll
-      for (int a = 0; a < MA; ++a) ldmatrix_x4(qa[a], smem_u32(q_s + q_off + a * 16 * QS + kk * 16));
+        for (int j = 0; j < 4; ++j) qa[0][j] = q_frag[kk][j];
+      } else {
+#pragma unroll
+        for (int a = 0; a < MA; ++a) ldmatrix_x4(qa[a], smem_u32(q_s + q_off + a * 16 * QS + kk * 16));
+      }
+      float(&acc)[MA][NB][4] = (kChains > 1 && kk % 2 == 1) ? s_odd : s;
 #pragma unroll
       for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
         uint32_t bk[4];
@@ -284,28 +288,37 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
         }
 #pragma unroll
         for (int a = 0; a < MA; ++a) {
-          mma_16816<T>(s[a][2 * nb2], qa[a], bk[0], bk[1]);
-          mma_16816<T>(s[a][2 * nb2 + 1], qa[a], bk[2], bk[3]);
+          mma_16816<T>(acc[a][2 * nb2], qa[a], bk[0], bk[1]);
+          mma_16816<T>(acc[a][2 * nb2 + 1], qa[a], bk[2], bk[3]);
         }
       }
+    }
+    if constexpr (kChains > 1) {
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[0][i][e] += s_odd[0][i][e];
     }
 
     // Mask only where the tile is not visible to every row; the update scales into the exp2 domain.
     const int key_base = kt * BN + wn * KW + 2 * t4;
-    const bool full_tile = kt * BN >= full_lo && kt * BN + BN - 1 <= full_hi;
 #pragma unroll
     for (int a = 0; a < MA; ++a) {
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if (!full_tile) {
+          if (masked) {
             const int key = key_base + nb * 8 + (e & 1);
             if (key < row_lo[a][e >> 1] || key > row_hi[a][e >> 1]) s[a][nb][e] = -INFINITY;
           }
         }
       }
-      state[a].update(s[a], o[a], p.scale_log2);
+      if constexpr (kLazyRescale) {
+        state[a].update_lazy(s[a], o[a], p.scale_log2);
+      } else {
+        state[a].update(s[a], o[a], p.scale_log2);
+      }
     }
 
     // O += P V, P taken straight from the score accumulators as A fragments.
@@ -336,6 +349,55 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
           mma_16816<T>(o[a][2 * dn2 + 1], pa[a], bv[2], bv[3]);
         }
       }
+    }
+  };
+
+  int stage = 0;  // kt's stage: (kt - kt_begin) % S
+  for (int kt = kt_begin; kt < kt_end; ++kt, stage = stage == S - 1 ? 0 : stage + 1) {
+    if constexpr (kTma) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      // Refill the stage tile kt - 1 used (freed by the barrier at the end of the last iteration).
+      if (warp == 0 && kt + S - 1 < kt_end) issue_tile(kt + S - 1, stage == 0 ? S - 1 : stage - 1);
+      sm90::mbarrier_wait_parity(full0 + 8u * stage, (phase_bits >> stage) & 1u);
+      phase_bits ^= 1u << stage;
+      if (kt * BN < lo || kt * BN + BN - 1 > hi) {
+        // Keys of the tile outside [lo, hi] were not read or are not this step's: the warp zeroes
+        // its own V rows there (P = 0 must meet finite V), then orders the stores before the
+        // stage's next bulk copy.
+        const uint32_t v_stage = v_tma + stage * kTmaVBytes;
+        for (int idx = lane; idx < KW * (DV / 64) * 8; idx += 32) {
+          const int r = wn * KW + idx / ((DV / 64) * 8);
+          const int rest = idx % ((DV / 64) * 8);
+          const int key = kt * BN + r;
+          if (key < lo || key > hi) {
+            const uint32_t addr = v_stage + uint32_t((rest >> 3) * (BN * 128) + r * 128 + (rest & 7) * 16);
+            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
+          }
+        }
+        sm90::fence_proxy_async_smem();
+        __syncwarp();
+      }
+#endif
+    } else {
+      if (kt + S - 1 < kt_end) {  // refill the stage tile kt - 1 used (freed by the barrier below)
+        const int st = stage == 0 ? S - 1 : stage - 1;
+        load_kv_tile<T, D, BN, NT>(k_s + st * BN * QS, k_head, (kt + S - 1) * BN, lo, hi, tid);
+        load_kv_tile<T, DV, BN, NT>(v_s + st * BN * VS, v_head, (kt + S - 1) * BN, lo, hi, tid);
+      }
+      cp_async_commit();
+      cp_async_wait<S - 1>();  // tile kt has landed; the S - 1 after it may still be in flight
+      __syncthreads();
+    }
+
+    const bool full_tile = kt * BN >= full_lo && kt * BN + BN - 1 <= full_hi;  // every row sees every key
+    if constexpr (kDecodeTile) {
+      if (full_tile) {
+        tile_math(kt, stage, std::false_type{});
+      } else {
+        tile_math(kt, stage, std::true_type{});
+      }
+    } else {
+      tile_math(kt, stage, !full_tile);
     }
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
@@ -481,7 +543,7 @@ __device__ __forceinline__ uint32_t init_stage_barriers() {
 
 // Grid (columns, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) runs work item (x, s, kvh).
 template <typename T, int D, int DV, int GROUP, class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads)
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlockM == kDecodeBlockM ? 2 : 1)
     paged_attention_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
   // Early tiles (decode_before_wait, TMA decode tiles only): the tile finds its slot from
   // cu_seqlens (locate_decode_slot, clamped) and streams K / V while the step check still runs, as

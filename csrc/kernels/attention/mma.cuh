@@ -19,6 +19,13 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// x in a register the compiler cannot recompute: a loop-invariant shared address is otherwise
+// rematerialised in every iteration from the CTA's shared window (S2R of the CTA id, then arithmetic).
+__device__ __forceinline__ uint32_t opaque_u32(uint32_t x) {
+  asm volatile("mov.b32 %0, %0;\n" : "+r"(x));
+  return x;
+}
+
 // 16-byte global -> shared copy; when `valid` is false nothing is read and the 16 bytes are zeroed.
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
   const int src_bytes = valid ? 16 : 0;

@@ -47,6 +47,54 @@ struct OnlineSoftmax {
     }
   }
 
+  // update with a lazy rescale (decode tiles): m stays the maximum O and l are scaled to until some
+  // row of the warp meets a score more than kLazyRescaleLog2 above it, so most tiles skip the
+  // 2 x NO multiplies of O. In between, probabilities 2^(s - m) stay <= 2^kLazyRescaleLog2 (finite
+  // in fp32 and in the b16 P operand, whose relative precision does not depend on the scale); the
+  // result O / l and the log2-sum-exp2 m + log2(l) hold for any m the terms share. Warp-uniform:
+  // every thread of the warp calls it.
+  static constexpr float kLazyRescaleLog2 = 8.f;
+  template <int NB, int NO>
+  __device__ __forceinline__ void update_lazy(float (&s)[NB][4], float (&o)[NO][4], float c) {
+    float xmax[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float x = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) x = fmaxf(x, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
+      x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+      xmax[i] = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2)) * c;
+    }
+    // -inf > -inf + k is false: a row that has met only masked keys never asks for a rescale.
+    const bool grows = xmax[0] > m[0] + kLazyRescaleLog2 || xmax[1] > m[1] + kLazyRescaleLog2;
+    if (__any_sync(0xffffffffu, grows)) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float mx = fmaxf(m[i], xmax[i]);
+        const float alpha = fast_exp2(m[i] - (mx == -INFINITY ? 0.f : mx));
+        m[i] = mx;
+        l[i] *= alpha;
+#pragma unroll
+        for (int no = 0; no < NO; ++no) {
+          o[no][2 * i] *= alpha;
+          o[no][2 * i + 1] *= alpha;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float base = m[i] == -INFINITY ? 0.f : m[i];
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        s[nb][2 * i] = fast_exp2(fmaf(s[nb][2 * i], c, -base));
+        s[nb][2 * i + 1] = fast_exp2(fmaf(s[nb][2 * i + 1], c, -base));
+        sum += s[nb][2 * i] + s[nb][2 * i + 1];
+      }
+      l[i] += sum;
+    }
+  }
+
   // The score half of update: m, l and s advance; the factor o must be multiplied by is returned
   // in alpha (a kernel whose o is still being accumulated asynchronously applies it later, rescale).
   template <int NB>
