@@ -137,9 +137,11 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   constexpr uint32_t kTmaKBytes = BN * D * 2, kTmaVBytes = BN * DV * 2;
   static_assert(!kTma || 1024 + BM * QS * 2 + S * (kTmaKBytes + kTmaVBytes) <= attention_smem_bytes<Cfg, D, DV>(),
                 "the TMA stages fit the shared memory the config launches with");
-  const uint32_t k_tma = opaque_u32((smem_u32(q_s + BM * QS) + 1023u) & ~1023u);  // [S] K panels
-  const uint32_t v_tma = opaque_u32(k_tma + S * kTmaKBytes);                      // [S] V panels
-  full0 = opaque_u32(full0);
+  // opaque (TMA configs only: the asm is never dead code): kept in registers across the KV loop
+  const auto tma_address = [](uint32_t x) { return kTma ? opaque_u32(x) : x; };
+  const uint32_t k_tma = tma_address((smem_u32(q_s + BM * QS) + 1023u) & ~1023u);  // [S] K panels
+  const uint32_t v_tma = tma_address(k_tma + S * kTmaKBytes);                      // [S] V panels
+  full0 = tma_address(full0);
 
   const int32_t* block_row = p.block_tables + int64_t(b) * p.max_blocks_per_seq;
   const PagedHead<T, D> k_head{static_cast<const T*>(p.k_cache), block_row, kvh, p.num_kv_heads, p.block_size_log2};
@@ -352,8 +354,11 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
     }
   };
 
-  int stage = 0;  // kt's stage: (kt - kt_begin) % S
-  for (int kt = kt_begin; kt < kt_end; ++kt, stage = stage == S - 1 ? 0 : stage + 1) {
+  // kt's stage, (kt - kt_begin) % S: decode tiles count it (no division by S = 3 per tile); the
+  // prefill config keeps the modulo, with which ptxas fits it without spills.
+  int stage_count = 0;
+  for (int kt = kt_begin; kt < kt_end; ++kt, stage_count = stage_count == S - 1 ? 0 : stage_count + 1) {
+    const int stage = kDecodeTile ? stage_count : (kt - kt_begin) % S;
     if constexpr (kTma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
       // Refill the stage tile kt - 1 used (freed by the barrier at the end of the last iteration).
