@@ -230,11 +230,11 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   const int v_row = wn * KW + (lane & 7) + ((lane >> 3) & 1) * 8, v_chunk = lane >> 4;
   const int swz = lane & 7;
 
-  // Decode tiles are latency-bound per CTA (one warp per scheduler: ~300 dependent instructions
-  // per KV tile; BENCHMARKS.md sessions 6-7), so they trade registers for a shorter chain per
-  // tile: Q's fragments stay in registers for the whole loop (D + Dv <= 256; two CTAs per SM still
-  // fit, __launch_bounds__), S accumulates over two independent MMA chains (even and odd k16
-  // steps), O is rescaled lazily, and full tiles run a copy of the math without the mask.
+  // Decode tiles are latency-bound per CTA (one warp per scheduler issuing a chain of a few
+  // hundred instructions per KV tile; BENCHMARKS.md sessions 6-7), so they trade registers for a
+  // shorter chain: Q's fragments stay in registers for the whole loop (D + Dv <= 256; two CTAs per
+  // SM still fit, __launch_bounds__), S accumulates over two independent MMA chains (even and odd
+  // k16 steps), O is rescaled lazily, and full tiles run a copy of the math without the mask.
   constexpr bool kDecodeTile = BM == kDecodeBlockM && MA == 1;
   constexpr bool kQInRegs = kDecodeTile && D + DV <= 256;
   constexpr int kChains = kDecodeTile ? 2 : 1;
