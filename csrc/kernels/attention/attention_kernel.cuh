@@ -248,15 +248,16 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   // One KV tile's math on stage `stage`: S = Q K^T, the mask where `masked`, the online softmax and
   // O += P V. `masked` is a bool, or a std::bool_constant where decode tiles compile a second copy
   // of the math for boundary tiles, so that the full tiles carry no mask code.
+  const int first_kt = kt_begin;  // a plain copy: C++17 lambdas cannot capture structured bindings
   const auto tile_math = [&](const int kt, const int stage, const auto masked) {
     // S = Q K^T for the warp's 16 MA rows x KW keys, over kChains independent accumulators.
     if constexpr (kQInRegs && !kTma) {
-      if (kt == kt_begin) {  // Q has landed (the barrier before this tile)
+      if (kt == first_kt) {  // Q has landed (the barrier before this tile)
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(q_frag[kk], smem_u32(q_s + q_off + kk * 16));
       }
     }
-    const T* k_stage = k_s + stage * BN * QS;
+    [[maybe_unused]] const T* k_stage = k_s + stage * BN * QS;  // the cp.async stages
     float s[MA][NB][4];
     float s_odd[MA][NB][4];  // the odd k16 steps' chain (kChains == 2; otherwise unused)
 #pragma unroll
@@ -324,7 +325,7 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
     }
 
     // O += P V, P taken straight from the score accumulators as A fragments.
-    const T* v_stage = v_s + stage * BN * VS;
+    [[maybe_unused]] const T* v_stage = v_s + stage * BN * VS;
 #pragma unroll
     for (int kk = 0; kk < KW / 16; ++kk) {
       uint32_t pa[MA][4];
