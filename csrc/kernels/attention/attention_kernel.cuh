@@ -156,9 +156,8 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
       // Shifts, not divisions: box_rows = kv_box_rows(block size) is a power of two, and
       // key0 <= hi (the tile meets [lo, hi]), so the floors below equal the truncating quotients.
       const int bs_log2 = p.block_size_log2;
-      const int box_log2 = min(bs_log2, 6);
-      const int box_rows = 1 << box_log2;
-      static_assert(kv_box_rows(64) == 64 && kv_box_rows(16) == 16 && kv_box_rows(128) == 64, "box rows");
+      const int box_rows = kv_box_rows(1 << bs_log2);
+      const int box_log2 = 31 - __clz(box_rows);
       const int key0 = kt * BN;
       const int box_lo = max(0, (lo - key0) >> box_log2);
       const int box_hi = min(BN / box_rows - 1, (hi - key0) >> box_log2);
@@ -241,10 +240,13 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   constexpr bool kLazyRescale = kDecodeTile;
   uint32_t q_frag[kQInRegs ? D / 16 : 1][4];
 
-  if constexpr (kQInRegs && kTma) {  // Q has landed (the prologue's barrier)
+  // After Q has landed: before the loop on the TMA path (the prologue's barrier), in the first
+  // tile otherwise (its cp.async group holds Q).
+  const auto load_q_frag = [&]() {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(q_frag[kk], smem_u32(q_s + q_off + kk * 16));
-  }
+  };
+  if constexpr (kQInRegs && kTma) load_q_frag();
   // One KV tile's math on stage `stage`: S = Q K^T, the mask where `masked`, the online softmax and
   // O += P V. `masked` is a bool, or a std::bool_constant where decode tiles compile a second copy
   // of the math for boundary tiles, so that the full tiles carry no mask code.
@@ -252,10 +254,7 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   const auto tile_math = [&](const int kt, const int stage, const auto masked) {
     // S = Q K^T for the warp's 16 MA rows x KW keys, over kChains independent accumulators.
     if constexpr (kQInRegs && !kTma) {
-      if (kt == first_kt) {  // Q has landed (the barrier before this tile)
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(q_frag[kk], smem_u32(q_s + q_off + kk * 16));
-      }
+      if (kt == first_kt) load_q_frag();
     }
     [[maybe_unused]] const T* k_stage = k_s + stage * BN * QS;  // the cp.async stages
     float s[MA][NB][4];

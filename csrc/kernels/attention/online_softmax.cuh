@@ -56,15 +56,7 @@ struct OnlineSoftmax {
   static constexpr float kLazyRescaleLog2 = 8.f;
   template <int NB, int NO>
   __device__ __forceinline__ void update_lazy(float (&s)[NB][4], float (&o)[NO][4], float c) {
-    float xmax[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float x = -INFINITY;
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) x = fmaxf(x, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
-      x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-      xmax[i] = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2)) * c;
-    }
+    const float xmax[2] = {row_max(0, s) * c, row_max(1, s) * c};
     // -inf > -inf + k is false: a row that has met only masked keys never asks for a rescale.
     const bool grows = xmax[0] > m[0] + kLazyRescaleLog2 || xmax[1] > m[1] + kLazyRescaleLog2;
     if (__any_sync(0xffffffffu, grows)) {
@@ -82,17 +74,7 @@ struct OnlineSoftmax {
       }
     }
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const float base = m[i] == -INFINITY ? 0.f : m[i];
-      float sum = 0.f;
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        s[nb][2 * i] = fast_exp2(fmaf(s[nb][2 * i], c, -base));
-        s[nb][2 * i + 1] = fast_exp2(fmaf(s[nb][2 * i + 1], c, -base));
-        sum += s[nb][2 * i] + s[nb][2 * i + 1];
-      }
-      l[i] += sum;
-    }
+    for (int i = 0; i < 2; ++i) l[i] += exp2_row(i, s, c, m[i] == -INFINITY ? 0.f : m[i]);
   }
 
   // The score half of update: m, l and s advance; the factor o must be multiplied by is returned
@@ -106,15 +88,27 @@ struct OnlineSoftmax {
   // Row i's step of update_scores; returns its alpha.
   template <int NB>
   __device__ __forceinline__ float update_row(int i, float (&s)[NB][4], float c) {
-    float xmax = -INFINITY;
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) xmax = fmaxf(xmax, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
-    xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, 1));
-    xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, 2));
-    const float mx = fmaxf(m[i], xmax * c);
+    const float mx = fmaxf(m[i], row_max(i, s) * c);
     const float base = mx == -INFINITY ? 0.f : mx;
     const float alpha = fast_exp2(m[i] - base);
     m[i] = mx;
+    l[i] = l[i] * alpha + exp2_row(i, s, c, base);
+    return alpha;
+  }
+
+  // Row i's largest raw score over the quad's four threads (-inf when all are masked).
+  template <int NB>
+  __device__ __forceinline__ static float row_max(int i, const float (&s)[NB][4]) {
+    float x = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) x = fmaxf(x, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+  }
+
+  // Replaces row i's raw scores x by 2^(c x - base) and returns the thread's sum of them.
+  template <int NB>
+  __device__ __forceinline__ static float exp2_row(int i, float (&s)[NB][4], float c, float base) {
     float sum = 0.f;
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
@@ -122,8 +116,7 @@ struct OnlineSoftmax {
       s[nb][2 * i + 1] = fast_exp2(fmaf(s[nb][2 * i + 1], c, -base));
       sum += s[nb][2 * i] + s[nb][2 * i + 1];
     }
-    l[i] = l[i] * alpha + sum;
-    return alpha;
+    return sum;
   }
 
   template <int NO>
