@@ -29,7 +29,8 @@ VARIANTS = {
 }
 KNOBS = ("PADDLE_GQA_PDL", "PADDLE_GQA_CONCURRENT", "PADDLE_GQA_SIDE_PRIORITY", "PADDLE_GQA_EARLY_DECODE",
          "PADDLE_GQA_BESIDE_PREFILL_CTAS")
-KINDS = ["mixed_splits", "many_decodes", "one_decode", "decode_batch_with_prefill", "decode_batch_no_decodes"]
+KINDS = ["mixed_splits", "many_decodes", "one_decode", "decode_batch_with_prefill", "decode_batch_no_decodes",
+         "all_decode_with_prefill"]
 
 
 def _case(kind, seed=0):
@@ -42,13 +43,18 @@ def _case(kind, seed=0):
     one_decode: B = 1, rows * G <= 16: no prefill launch; a 1.1k context splits.
     decode_batch_with_prefill: a decode batch (rows * G <= 16 B) whose first slot is a prefill slot
       (6 tokens, 18 packed rows): the early decode launch runs before the prefill launch.
-    decode_batch_no_decodes: the same with no decode slot at all: every decode CTA only waits."""
+    decode_batch_no_decodes: the same with no decode slot at all: every decode CTA only waits.
+    all_decode_with_prefill: rows <= B (all_decode: no prefill launch), yet slots of 6, 3 and 2
+      tokens beside decodes and idle slots: the 6-token slot (18 packed rows, 1.1k keys, split)
+      spans two decode tiles, the CTAs past the real tile count and the zeroing columns run last."""
     layout, pad = {
         "mixed_splits": ([(700, 1), (300, 70), (0, 0), (1100, 2), (0, 33)], 5),
         "many_decodes": ([(int(c), 1) for c in np.random.default_rng(seed).integers(0, 40, 300)], 7),
         "one_decode": ([(1100, 1)], 2),
         "decode_batch_with_prefill": ([(50, 6), (0, 0), (30, 1), (0, 0), (0, 0), (0, 0), (0, 0), (120, 1)], 3),
         "decode_batch_no_decodes": ([(40, 7), (0, 0), (0, 0), (0, 0), (0, 0), (0, 0)], 2),
+        "all_decode_with_prefill": ([(1100, 6), (0, 0), (30, 1), (0, 0), (200, 3), (0, 0), (0, 0), (120, 1),
+                                     (700, 2), (0, 0), (0, 0), (0, 0), (0, 0), (5, 1), (0, 0)], 1),
     }[kind]
     return cases.build_step(num_q_heads=6, num_kv_heads=2, head_dim=128, v_head_dim=128, block_size=16,
                             dtype="bfloat16", layout=layout, pad_rows=pad, rope="neox", sinks=True, seed=seed,
@@ -127,7 +133,7 @@ def test_launch_variants_match_reference_and_each_other(dlpack_runner, monkeypat
 
 
 @pytest.mark.parametrize("variant", ["pdl+concurrent", "plain+one-stream", "pdl+concurrent, 1 decode CTA beside"])
-@pytest.mark.parametrize("kind", ["mixed_splits", "many_decodes", "decode_batch_with_prefill"])
+@pytest.mark.parametrize("kind", ["mixed_splits", "many_decodes", "decode_batch_with_prefill", "all_decode_with_prefill"])
 def test_launch_variants_under_graph_capture(dlpack_runner, monkeypatch, kind, variant):
     # Plan + append_attention + paged_attention captured together (fork / join and programmatic
     # edges inside the graph), replayed twice; the second replay sees what the first wrote.

@@ -83,6 +83,26 @@ def test_decode_scores_that_move_across_tiles(gpu_runner, dtype, profile):
     cases.run_paged_and_check(gpu_runner, case)
 
 
+# Steps with at most one row per slot (rows <= B) and G <= 16 run every slot on decode tiles, with
+# no prefill launch (runs_all_decode); here some slots still hold several tokens (others are idle),
+# so a slot's packed rows span up to 5 decode tiles, long ones split their keys, and padding rows
+# follow T. (dims, Hq, Hkv, window): G 3, 16 (the largest such group) and 8 with a window.
+ALL_DECODE_SHAPES = [((128, 128), 24, 8, 0), ((192, 128), 64, 4, 0), ((192, 128), 16, 2, 50), ((64, 64), 16, 1, 0)]
+
+
+@pytest.mark.parametrize("shape", ALL_DECODE_SHAPES, ids=lambda s: f"{s[0][0]}x{s[0][1]}_{s[1]}q{s[2]}kv_w{s[3]}")
+@pytest.mark.parametrize("dtype", cases.CUDA_DTYPES)
+def test_all_decode_steps_with_multi_token_slots(gpu_runner, shape, dtype):
+    (d, dv), hq, hkv, window = shape
+    layout = ((900, 5), (0, 0), (40, 1), (0, 0), (0, 0), (300, 3), (0, 0), (7, 1), (0, 0), (2000, 1),
+              (0, 0), (64, 2), (0, 0), (0, 0))  # B 14, T 13
+    spec = cases.BatchSpec("all_decode", layout, pad_rows=1, window=window)  # rows 14 = B
+    case = cases.build_named(spec, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, v_head_dim=dv, block_size=16,
+                             dtype=dtype, rope="neox", sinks=True, seed=d + hq + window)
+    cases.run_append_and_check(gpu_runner, case)
+    cases.run_paged_and_check(gpu_runner, case)
+
+
 @pytest.mark.parametrize("dtype", cases.CUDA_DTYPES)
 def test_non_causal_and_scale(gpu_runner, dtype):
     for scale in (0.0, 0.3):

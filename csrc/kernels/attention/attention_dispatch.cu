@@ -81,10 +81,11 @@ int log2_exact(int x) {
 
 void require_attention_kernel(const ProblemShape& shape, int device) {
   find_launcher(shape);
-  // Every slot is a decode slot when even all rows in one slot fit a decode tile (host-known);
-  // otherwise the device data may send slots to either config.
+  // Only decode tiles run when even all rows in one slot fit a decode tile, or under all_decode
+  // (both host-known); otherwise the device data may send slots to either config.
   const int d = shape.head_dim, dv = shape.v_head_dim;
-  const bool decode_only = shape.rows * shape.group <= attn::kDecodeBlockM;
+  const bool decode_only = shape.rows * shape.group <= attn::kDecodeBlockM ||
+                           attn::runs_all_decode(shape.rows, shape.batch, shape.group);
   const int need = decode_only ? attn::decode_smem_bytes(d, dv)
                                : std::max(attn::decode_smem_bytes(d, dv), attn::prefill_smem_bytes(d, dv));
   int limit = 0;
@@ -157,6 +158,7 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
   p.block_n = attn::kPrefillBlockN;
   p.max_splits = plan.max_splits;
   p.pad_ctas = 0;  // launch_attention sets it on the decode launch
+  p.all_decode = plan.all_decode;
   p.split_counters = maps.split_counters;
   p.work_queue = maps.work_queue;  // read by persistent decode launches only
 #ifdef PGQA_CTA_TIMES
@@ -166,7 +168,7 @@ void run_attention(const ProblemShape& shape, const AttentionInputs& in, void* w
 #endif
 
   // Decode tiles merge their splits themselves (the last split CTA of a tile, split_counters); the
-  // merge kernel runs only for prefill tiles that may split. Without it the decode launch's leading
+  // merge kernel runs only for prefill tiles that may split. Without it the decode launch's trailing
   // columns zero the padding rows >= T instead (a decode launch always runs when rows > 0; with
   // B = 0 it holds only those columns).
   const int64_t width = int64_t(shape.num_q_heads) * shape.v_head_dim;

@@ -35,9 +35,9 @@ inline constexpr int kMaxDevices = 64;
 template <class Cfg, int D, int DV>
 inline constexpr bool kDecodeTmaKv = Cfg::kBlockM == kDecodeBlockM && D % 64 == 0 && DV % 64 == 0;
 
-// One work item of the attention launch: column `column` of `columns` (q tile columns - 1 - column
-// of the tile map; the first p.pad_ctas columns zero padding rows instead), split `split` of that
-// tile's KV tiles, kv head `kvh`. Called by every thread of the CTA; `early`: see
+// One work item of the attention launch: column `column` of `columns` (decode launches: q tile
+// `column` of the tile map, then p.pad_ctas trailing columns that zero padding rows instead; prefill
+// launches: q tile columns - 1 - column), split `split` of that tile's KV tiles, kv head `kvh`. Called by every thread of the CTA; `early`: see
 // paged_attention_kernel. `phase_bits` holds the parity of each TMA stage barrier's next phase
 // (bit st), carried from item to item by a persistent CTA; full0 is the shared address of the S
 // stage barriers (8 bytes each), initialised by the kernel. `maps` (make_hopper_kv_maps) is read
@@ -71,16 +71,19 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
     return p.error->code == 0;
   };
   // Zeroing columns, when no merge runs after this launch (decode launches only: launch_attention).
-  if (BM == kDecodeBlockM && column < p.pad_ctas) {
+  if (BM == kDecodeBlockM && column >= columns - p.pad_ctas) {
     if (early && !step_passed()) return;
     const int64_t cols = p.pad_ctas;
-    zero_padding_rows<T>(p, DV, column + cols * (split + int64_t(p.max_splits) * kvh),
+    zero_padding_rows<T>(p, DV, column - (columns - cols) + cols * (split + int64_t(p.max_splits) * kvh),
                          cols * p.max_splits * p.num_kv_heads);
     return;
   }
-  // Reversed so that the last tiles of a slot (under causal masks the longest) start first and the
-  // CTAs past the real tile count are the first to exit.
-  const int tile = columns - 1 - column;
+  // Prefill tiles reversed so that the last tiles of a slot (under causal masks the longest) start
+  // first and the CTAs past the real tile count are the first to exit. Decode tiles in order: the
+  // CTAs past the real count (and the zeroing columns) come last in the decode kernel's dispatch
+  // order, where early tiles that must wait for the step check before they exit hold no SM the
+  // real tiles need.
+  const int tile = BM == kDecodeBlockM ? column : columns - 1 - column;
   const int G = GROUP > 0 ? GROUP : p.group;
   TileSlot ts;
   bool located;
@@ -546,7 +549,8 @@ __device__ __forceinline__ uint32_t init_stage_barriers() {
   return full0;
 }
 
-// Grid (columns, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) runs work item (x, s, kvh).
+// Grid (columns, max_splits, Hkv); block Cfg::kThreads. CTA (x, s, kvh) runs work item (x, s, kvh),
+// but decode configs renumber the CTAs (below).
 // Decode configs declare their two CTAs per SM: ptxas then budgets up to 255 registers, where it
 // otherwise capped some of them at 128 and spilled (192/128; sm_90a build: 0 spills in 537 entries).
 template <typename T, int D, int DV, int GROUP, class Cfg>
@@ -565,6 +569,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlockM == kDecodeBlockM ?
 #ifdef PGQA_CTA_TIMES
   const unsigned long long cta_start = global_timer_ns();
 #endif
+  // Decode launches dispatch kv head fastest, then split, then column (CTAs go out in linear blockIdx
+  // order): the CTAs of one slot's heads run side by side on the same blocks (H100, decode_long:
+  // -1 us of 365), and the columns past the slots' tiles come last (attention_work_item).
+  int column = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
+  if constexpr (Cfg::kBlockM == kDecodeBlockM) {
+    const unsigned lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    kvh = int(lin % gridDim.z);
+    const unsigned rest = lin / gridDim.z;
+    split = int(rest % gridDim.y);
+    column = int(rest / gridDim.y);
+  }
   if (!early) {
     pdl_wait();  // the step check (tile maps, error record) and any kernel before this one are done
     pdl_launch_dependents();
@@ -574,12 +589,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlockM == kDecodeBlockM ?
     // Most decode batches hold one token per slot, so the tile's slot is its tile number: pull that
     // slot's cache length and first block ids towards L2 while locate_decode_slot scans (each is
     // otherwise a DRAM miss on the way to the first copy); a wrong guess wastes two prefetches.
-    const int guess = int(gridDim.x) - 1 - int(blockIdx.x);
+    const int guess = column;
     if (threadIdx.x == 32 && guess < p.batch) l2_prefetch(p.cache_seqlens + guess);
     if (threadIdx.x == 64 && guess < p.batch) l2_prefetch(p.block_tables + int64_t(guess) * p.max_blocks_per_seq);
   }
   uint32_t phase_bits = 0;
-  attention_work_item<T, D, DV, GROUP, Cfg>(p, maps, blockIdx.x, gridDim.x, blockIdx.y, blockIdx.z, early,
+  attention_work_item<T, D, DV, GROUP, Cfg>(p, maps, column, gridDim.x, split, kvh, early,
                                             init_stage_barriers<Cfg, D, DV>(), phase_bits);
 #ifdef PGQA_CTA_TIMES
   if constexpr (Cfg::kBlockM == kDecodeBlockM) record_cta_time(p, cta_start, 1);
@@ -642,7 +657,7 @@ void raise_dynamic_smem(int device, int smem) {
   if (device < kMaxDevices) raised[device].store(true, std::memory_order_release);
 }
 
-// One launch of config Cfg: grid (grid_tiles + p.pad_ctas, max_splits, Hkv), the zeroing columns first.
+// One launch of config Cfg: grid (grid_tiles + p.pad_ctas, max_splits, Hkv), the zeroing columns last.
 template <typename T, int D, int DV, int GROUP, class Cfg>
 void launch_config(const AttentionParams& p, int64_t grid_tiles, bool pdl, cudaStream_t stream) {
   constexpr int smem = attention_smem_bytes<Cfg, D, DV>();
@@ -707,7 +722,8 @@ void launch_prefill(const AttentionParams& p, const LaunchPlan& plan, bool pdl, 
 // - plan.side otherwise: the prefill launch on the side stream, the plain decode grid on the call
 //   stream, whose CTAs fill the SMs the prefill's last wave leaves idle.
 // - plan.decode_early with TMA decode tiles: the decode launch first, streaming K / V beside the
-//   step check (decode_before_wait); the prefill launch, nearly empty in a decode batch, after it.
+//   step check (decode_before_wait); the prefill launch, nearly empty in a decode batch, after it
+//   (none under plan.all_decode: prefill_grid_tiles is 0, and launch_prefill launches nothing).
 // - else the prefill launch first (its long tiles start first), then the decode launch.
 template <typename T, int D, int DV, int GROUP>
 void launch_attention(const AttentionParams& p, const LaunchPlan& plan, cudaStream_t stream) {

@@ -41,8 +41,9 @@ struct AttentionParams {
   int prefill_block_m;          // q rows per prefill tile (the planner's tile unit for prefill slots)
   int block_n;                  // keys per KV tile (both configs)
   int max_splits;               // KV splits per tile (gridDim.y); 1 = every tile writes out directly
-  int pad_ctas;                 // leading blockIdx.x columns that zero the padding rows >= T instead of
-                                // running a tile (set on one launch when no merge runs; 0 elsewhere)
+  int pad_ctas;                 // trailing columns of the decode launch that zero the padding rows >= T
+                                // instead of running a tile (when no merge runs; 0 on other launches)
+  bool all_decode;              // every slot runs on decode tiles (LaunchPlan::all_decode)
   bool decode_before_wait;      // decode launch (TMA tiles) right after the step check: its tiles stream
                                 // K / V before the check completes (attention_kernel.cuh, launch_attention)
   int32_t* work_queue;          // workspace int32, zeroed by build_tile_maps: the next work item of the
@@ -70,6 +71,7 @@ struct TileMapJob {
   int32_t* split_counters;      // AttentionParams::split_counters, zeroed with the maps (or nullptr)
   int32_t* work_queue;          // AttentionParams::work_queue's word, zeroed with the maps
   int num_split_counters;
+  bool all_decode;              // every slot's rows in decode tiles, none in prefill tiles (runs_all_decode)
 };
 
 }  // namespace paddle_gqa::cuda::attn

@@ -81,10 +81,16 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   // A decode slot holds at least one row; a prefill slot more than kDecodeBlockM / G rows.
   const int64_t max_decode_slots = std::min(rows, batch);
   const int64_t max_prefill_slots = std::min(batch, rows * g / (kDecodeBlockM + 1));
-  plan.decode_grid_tiles = max_decode_slots;
-  // No prefill slot can exist when even all rows in one slot fit a decode tile: no prefill launch.
-  plan.prefill_grid_tiles =
-      max_prefill_slots == 0 ? 0 : (rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m + max_prefill_slots;
+  // At most one row per slot: every slot on decode tiles (runs_all_decode), sum over the slots of
+  // ceil(n G / kDecodeBlockM) <= (rows G + (kDecodeBlockM - 1) min(B, rows)) / kDecodeBlockM tiles.
+  plan.all_decode = runs_all_decode(rows, batch, int(g));
+  plan.decode_grid_tiles =
+      plan.all_decode ? (rows * g + (kDecodeBlockM - 1) * max_decode_slots) / kDecodeBlockM : max_decode_slots;
+  // No prefill slot can exist when even all rows in one slot fit a decode tile, and none runs on
+  // prefill tiles under all_decode: no prefill launch.
+  plan.prefill_grid_tiles = max_prefill_slots == 0 || plan.all_decode
+                                ? 0
+                                : (rows * g + plan.prefill_block_m - 1) / plan.prefill_block_m + max_prefill_slots;
   // Splits from the dominant kind of the batch: rows that fit a decode tile per slot on average
   // mean decode slots. At least min(rows, B) tiles exist when every row is a token.
   const bool decode_like = rows * g <= batch * kDecodeBlockM;
@@ -127,6 +133,7 @@ TileMapJob tile_map_job(const LaunchPlan& plan, int group, void* workspace) {
       plan.num_split_counters > 0 ? reinterpret_cast<int32_t*>(ws + plan.split_counters_offset) : nullptr;
   job.num_split_counters = int(plan.num_split_counters);
   job.work_queue = reinterpret_cast<int32_t*>(ws + plan.work_queue_offset);
+  job.all_decode = plan.all_decode;
   return job;
 }
 

@@ -57,6 +57,24 @@ static_assert(kDecodeBlockN == kPrefillBlockN, "the split rule and the merge ass
 // Whether slot b (n_new packed rows per head group) runs under DecodeConfig: its rows fit one tile.
 PGQA_HD bool is_decode_slot(int64_t n_new, int group) { return n_new > 0 && n_new * group <= kDecodeBlockM; }
 
+// Whether a step runs every slot on decode tiles (LaunchPlan::all_decode), from host-known facts: at
+// most one row per slot (rows <= B; most decode steps) and G <= kDecodeBlockM (a token's G rows fit
+// one tile). A slot that still holds more rows than one tile (it can, when other slots are idle)
+// then takes ceil(n G / kDecodeBlockM) decode tiles, which each read the slot's keys: at most
+// rows G / kDecodeBlockM + B tiles in all, against B for the decode slots alone, and no prefill
+// launch (one kernel fewer per call).
+PGQA_HD bool runs_all_decode(int64_t rows, int64_t batch, int group) {
+  return rows <= batch && group <= kDecodeBlockM;
+}
+
+// Decode tiles of a slot with n_new tokens: one for a decode slot; under all_decode, its n_new * G
+// rows in kDecodeBlockM-row tiles. Zero for an idle slot.
+PGQA_HD int decode_tiles_of_slot(int64_t n_new, int group, bool all_decode) {
+  if (n_new <= 0) return 0;
+  if (all_decode) return int((n_new * group + kDecodeBlockM - 1) / kDecodeBlockM);
+  return n_new * group <= kDecodeBlockM ? 1 : 0;
+}
+
 // Padding (elements) after each shared-memory row of Q, K and V: rows of D+8 b16 elements shift
 // consecutive rows by 4 banks, so ldmatrix and 16-byte cp.async stores are conflict-free.
 inline constexpr int kSmemPad = 8;
