@@ -95,8 +95,17 @@ def describe_cta_times(r):
     span = float(end.max())
     q = torch.tensor([0.0, 0.1, 0.5, 0.9, 0.99, 1.0], dtype=torch.float64)
     fmt = lambda x: " ".join(f"{v:6.1f}" for v in torch.quantile(x, q).tolist())  # noqa: E731
-    lines = [f"{len(r)} CTAs, span {span:.1f} us, items {int(r[:, 3].sum())}; quantiles 0/10/50/90/99/100%:",
+    ramp = r[:, 3] > t0  # a -D PGQA_CTA_RAMP build: slot 3 holds when the first K / V tile landed
+    items = len(r) if ramp.any() else int(r[:, 3].sum())
+    lines = [f"{len(r)} CTAs, span {span:.1f} us, items {items}; quantiles 0/10/50/90/99/100%:",
              f"      start {fmt(start)}", f"      end   {fmt(end)}", f"      lasted {fmt(end - start)}"]
+    if ramp.any():
+        first = (r[ramp, 3] - t0).double() / 1e3
+        lines.append(f"      first K/V tile landed {fmt(first)}; after the CTA's start {fmt(first - start[ramp])}")
+    issued = r[:, 2] > t0  # -D PGQA_CTA_ISSUE: slot 2 holds when the first copies were issued
+    if issued.any():
+        first = (r[issued, 2] - t0).double() / 1e3
+        lines.append(f"      first copies issued {fmt(first)}; after the CTA's start {fmt(first - start[issued])}")
     # CTAs still running at each tenth of the span, and over the last 10 us.
     marks = [span * i / 10 for i in range(10)] + [span - d for d in (8, 6, 4, 2, 1)]
     active = [int(((start <= m) & (end > m)).sum()) for m in marks]

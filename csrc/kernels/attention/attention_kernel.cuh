@@ -87,8 +87,8 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   const int G = GROUP > 0 ? GROUP : p.group;
   TileSlot ts;
   bool located;
-  if constexpr (kTma) {
-    located = early ? locate_decode_slot<NT>(p, tile, G, ts) : locate_tile(p, tile, BM, G, ts);
+  if constexpr (BM == kDecodeBlockM) {
+    located = locate_decode_tile<NT>(p, tile, G, early, ts);
   } else {
     located = locate_tile(p, tile, BM, G, ts);
   }
@@ -193,6 +193,13 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
   if constexpr (kTma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     if (warp == 0) {
+#ifdef PGQA_CTA_ISSUE
+      if (tid == 0 && p.cta_times != nullptr) {
+        unsigned long long now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        p.cta_times[4 * (blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z)) + 2] = now;
+      }
+#endif
       for (int st = 0; st < S - 1; ++st)
         if (kt_begin + st < kt_end) issue_tile(kt_begin + st, st);
     }
@@ -368,6 +375,13 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
       if (warp == 0 && kt + S - 1 < kt_end) issue_tile(kt + S - 1, stage == 0 ? S - 1 : stage - 1);
       sm90::mbarrier_wait_parity(full0 + 8u * stage, (phase_bits >> stage) & 1u);
       phase_bits ^= 1u << stage;
+#ifdef PGQA_CTA_RAMP
+      if (kt == kt_begin && tid == 0 && p.cta_times != nullptr) {
+        unsigned long long now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        p.cta_times[4 * (blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z)) + 3] = now;
+      }
+#endif
       if (kt * BN < lo || kt * BN + BN - 1 > hi) {
         // Keys of the tile outside [lo, hi] were not read or are not this step's: the warp zeroes
         // its own V rows there (P = 0 must meet finite V), then orders the stores before the
@@ -520,8 +534,12 @@ __device__ __forceinline__ void record_cta_time(const AttentionParams& p, unsign
   unsigned long long* r = p.cta_times + 4 * cta;
   r[0] = start;
   r[1] = global_timer_ns();
-  r[2] = smid;
-  r[3] = unsigned(items);
+#ifndef PGQA_CTA_ISSUE
+  r[2] = smid;  // with PGQA_CTA_ISSUE: when warp 0 began issuing the first K / V copies
+#endif
+#ifndef PGQA_CTA_RAMP
+  r[3] = unsigned(items);  // with PGQA_CTA_RAMP: when the CTA's first K / V tile landed (attention_work_item)
+#endif
 }
 #endif
 
@@ -557,7 +575,7 @@ template <typename T, int D, int DV, int GROUP, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlockM == kDecodeBlockM ? 2 : 1)
     paged_attention_kernel(const AttentionParams p, const __grid_constant__ HopperKvMaps maps) {
   // Early tiles (decode_before_wait, TMA decode tiles only): the tile finds its slot from
-  // cu_seqlens (locate_decode_slot, clamped) and streams K / V while the step check still runs, as
+  // cu_seqlens (locate_decode_tile, clamped) and streams K / V while the step check still runs, as
   // TMA copies are bounds-checked by the tensor maps whatever block ids they meet; it waits for the
   // check only before its first write, and every CTA waits before it exits, so that the launches
   // after this one (waiting on this grid) still come after the check. Otherwise the CTA waits first.
@@ -586,12 +604,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlockM == kDecodeBlockM ?
     if (p.error->code != 0) return;
   } else {
     pdl_launch_dependents();
-    // Most decode batches hold one token per slot, so the tile's slot is its tile number: pull that
-    // slot's cache length and first block ids towards L2 while locate_decode_slot scans (each is
-    // otherwise a DRAM miss on the way to the first copy); a wrong guess wastes two prefetches.
-    const int guess = column;
-    if (threadIdx.x == 32 && guess < p.batch) l2_prefetch(p.cache_seqlens + guess);
-    if (threadIdx.x == 64 && guess < p.batch) l2_prefetch(p.block_tables + int64_t(guess) * p.max_blocks_per_seq);
+    // Tile b < B is slot b's first (locate_decode_tile): while its three scalars load, warp 1 pulls
+    // the slot's block-table row into L2 (up to 32 lines, 1024 blocks), so that the first copies'
+    // block ids, at whichever split's first tile, are not a second DRAM round trip. (H100, decode_g3:
+    // the first copies went out 2.0 us after a CTA's start when the slot came from a scan of
+    // cu_seqlens.)
+    const int lane = int(threadIdx.x) & 31;
+    if (threadIdx.x >> 5 == 1 && column < p.batch && 32 * lane < p.max_blocks_per_seq)
+      l2_prefetch(p.block_tables + int64_t(column) * p.max_blocks_per_seq + 32 * lane);
   }
   uint32_t phase_bits = 0;
   attention_work_item<T, D, DV, GROUP, Cfg>(p, maps, column, gridDim.x, split, kvh, early,

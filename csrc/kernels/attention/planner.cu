@@ -81,11 +81,11 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms) {
   // A decode slot holds at least one row; a prefill slot more than kDecodeBlockM / G rows.
   const int64_t max_decode_slots = std::min(rows, batch);
   const int64_t max_prefill_slots = std::min(batch, rows * g / (kDecodeBlockM + 1));
-  // At most one row per slot: every slot on decode tiles (runs_all_decode), sum over the slots of
-  // ceil(n G / kDecodeBlockM) <= (rows G + (kDecodeBlockM - 1) min(B, rows)) / kDecodeBlockM tiles.
+  // Decode tile b < B is slot b's first (none when G > kDecodeBlockM: no decode slot exists). At
+  // most one row per slot: every slot on decode tiles (runs_all_decode), whose tiles past each
+  // slot's first number sum(ceil(n G / kDecodeBlockM) - 1) < T G / kDecodeBlockM <= rows G / kDecodeBlockM.
   plan.all_decode = runs_all_decode(rows, batch, int(g));
-  plan.decode_grid_tiles =
-      plan.all_decode ? (rows * g + (kDecodeBlockM - 1) * max_decode_slots) / kDecodeBlockM : max_decode_slots;
+  plan.decode_grid_tiles = (g <= kDecodeBlockM ? batch : 0) + (plan.all_decode ? rows * g / kDecodeBlockM : 0);
   // No prefill slot can exist when even all rows in one slot fit a decode tile, and none runs on
   // prefill tiles under all_decode: no prefill launch.
   plan.prefill_grid_tiles = max_prefill_slots == 0 || plan.all_decode

@@ -28,8 +28,9 @@ struct LaunchPlan {
   int prefill_block_m = 0;        // q rows per prefill tile
   int max_splits = 1;             // KV splits per tile (gridDim.y of both launches)
   int64_t prefill_grid_tiles = 0; // bound on prefill tiles (CTAs past the real count exit)
-  int64_t decode_grid_tiles = 0;  // bound on decode tiles: one per decode slot <= min(B, rows); under
-                                  // all_decode (rows G + (kDecodeBlockM - 1) min(B, rows)) / kDecodeBlockM
+  int64_t decode_grid_tiles = 0;  // bound on decode tiles: B (tile b < B is slot b's first) when G <=
+                                  // kDecodeBlockM, plus under all_decode rows G / kDecodeBlockM further
+                                  // tiles (locate_decode_tile)
   bool all_decode = false;        // runs_all_decode: every slot on decode tiles, no prefill launch
   size_t prefill_tile_start_offset = 0;  // bytes into the workspace: int32 [B+1]
   size_t decode_tile_start_offset = 0;   // int32 [B+1]
@@ -64,8 +65,8 @@ LaunchPlan make_launch_plan(const ProblemShape& shape, int num_sms);
 TileMapJob tile_map_job(const LaunchPlan& plan, int group, void* workspace);
 
 // One CTA: prefix sums of tiles per slot for both maps: prefill_tile_start[b] sums
-// ceil(n_c * G / prefill_block_m) over prefill slots c < b, decode_tile_start[b] sums
-// decode_tiles_of_slot over c < b; entry B holds the totals.
+// ceil(n_c * G / prefill_block_m) over prefill slots c < b, decode_tile_start[b] sums the decode
+// tiles of slots c < b past each slot's first; entry B holds the totals.
 void launch_tile_planner(const AttentionParams& p, const TileMapJob& job, cudaStream_t stream);
 
 // The attention kernels of one (dtype, D, Dv, group) key: defined in attention_kernel.cuh and
@@ -160,58 +161,88 @@ __device__ __forceinline__ void l2_prefetch(const void* ptr) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
 }
 
-// locate_tile for tile `tile` of the decode map, computed from cu_seqlens_q instead of the map, for
-// a decode launch that runs before the step check has finished (AttentionParams::decode_before_wait):
-// slots own decode_tiles_of_slot tiles in slot order (the map's rule), counted by a scan over
-// kThreads slots per pass; every thread of the CTA calls it. The step data is not validated yet, so
-// the result is clamped into the bounds every valid step meets (no-ops then): the slot's token rows
-// within [0, rows) and cache_len within [0, max_blocks_per_seq * block_size - n], which bounds the
-// key range, the block-table columns it reads and so the main loop. Invalid data then yields some
-// in-bounds tile whose result the kernel discards after the wait (the error record is set).
+// locate_tile for the decode launch (DecodeConfig). Tile t < B is slot t's first decode tile (none
+// when slot t is idle or, outside all_decode, a prefill slot), so that a CTA finds its slot without
+// reading any other slot's length. Tiles t >= B are the further tiles of slots that need several
+// (all_decode only): extra tile e = t - B belongs to the slot c with decode_tile_start[c] <= e <
+// decode_tile_start[c + 1] (the map counts each slot's tiles past its first), or, for an `early`
+// tile, to the slot that a scan of cu_seqlens over kThreads slots per pass finds by the same rule.
+// Every thread of the CTA calls it with the same tile. Early tiles run before the step check has
+// validated the data (AttentionParams::decode_before_wait), so their result is clamped into the
+// bounds every valid step meets (no-ops then): the slot's token rows within [0, rows) and cache_len
+// within [0, max_blocks_per_seq * block_size - n], which bounds the key range, the block-table
+// columns it reads and so the main loop. Invalid data then yields some in-bounds tile whose result
+// the kernel discards after the wait (the error record is set).
 template <int kThreads>
-__device__ bool locate_decode_slot(const AttentionParams& p, int tile, int group, TileSlot& t) {
+__device__ bool locate_decode_tile(const AttentionParams& p, int tile, int group, bool early, TileSlot& t) {
   static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps");
-  constexpr int kWarps = kThreads / 32;
-  __shared__ int warp_tiles[kWarps];
-  __shared__ int2 found;  // (slot, its first tile) for tile `tile`; slot -1: none
   const int* cu = p.cu_seqlens_q;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (threadIdx.x == 0) found = make_int2(-1, 0);
-  int rank0 = 0;  // decode tiles of the slots before this pass
-  for (int base = 0; base < p.batch && rank0 <= tile; base += kThreads) {
-    const int b = base + int(threadIdx.x);
-    // n clamped to rows (no-op on valid data) so that invalid lengths cannot overflow the count.
-    const int count =
-        b < p.batch ? decode_tiles_of_slot(min(int64_t(cu[b + 1]) - cu[b], p.rows), group, p.all_decode) : 0;
-    int incl = count;  // inclusive scan within the warp
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += v;
+  int b = tile, first_extra = 0;  // the slot; for an extra tile, the slot's first extra tile
+  if (tile >= p.batch && !early) {
+    const int e = tile - p.batch;
+    const int* start = p.tile_start;
+    if (e >= start[p.batch]) return false;
+    b = 0;
+    for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
+      const int mid = (lo + hi) >> 1;
+      if (start[mid] <= e) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
     }
-    if (lane == 31) warp_tiles[warp] = incl;
-    __syncthreads();  // also publishes `found` on the first pass
-    int first = rank0 + incl - count, pass_total = 0;
+    first_extra = start[b];
+  } else if (tile >= p.batch) {
+    constexpr int kWarps = kThreads / 32;
+    __shared__ int warp_tiles[kWarps];
+    __shared__ int2 found;  // (slot, its first extra tile); slot -1: none
+    const int e = tile - p.batch;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (threadIdx.x == 0) found = make_int2(-1, 0);
+    int rank0 = 0;  // extra tiles of the slots before this pass
+    for (int base = 0; base < p.batch && rank0 <= e; base += kThreads) {
+      const int c = base + int(threadIdx.x);
+      // n clamped to rows (no-op on valid data) so that invalid lengths cannot overflow the count.
+      const int count =
+          c < p.batch ? max(0, decode_tiles_of_slot(min(int64_t(cu[c + 1]) - cu[c], p.rows), group, p.all_decode) - 1)
+                      : 0;
+      int incl = count;  // inclusive scan within the warp
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      first += w < warp ? warp_tiles[w] : 0;
-      pass_total += warp_tiles[w];
+      for (int off = 1; off < 32; off <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += v;
+      }
+      if (lane == 31) warp_tiles[warp] = incl;
+      __syncthreads();  // also publishes `found` on the first pass
+      int first = rank0 + incl - count, pass_total = 0;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        first += w < warp ? warp_tiles[w] : 0;
+        pass_total += warp_tiles[w];
+      }
+      if (count > 0 && first <= e && e < first + count) found = make_int2(c, first);
+      rank0 += pass_total;
+      __syncthreads();  // `found` is final for the pass; warp_tiles may be rewritten
     }
-    if (count > 0 && first <= tile && tile < first + count) found = make_int2(b, first);
-    rank0 += pass_total;
-    __syncthreads();  // `found` is final for the pass; warp_tiles may be rewritten
+    if (found.x < 0) return false;
+    b = found.x;
+    first_extra = found.y;
   }
-  const int b = found.x;
-  if (b < 0) return false;
-  const int64_t n = int64_t(cu[b + 1]) - cu[b];  // >= 1; n G <= kDecodeBlockM unless all_decode
-  const int64_t capacity = p.max_blocks_per_seq << p.block_size_log2;
-  if (capacity < n || p.rows < n) return false;  // invalid data only: no in-bounds tile exists
+  // The slot's three scalars are loaded before any test: one round trip to memory.
+  const int32_t begin = cu[b], end = cu[b + 1];
+  const int32_t cached = p.cache_seqlens[b];
+  const int64_t n = int64_t(end) - begin;
+  const int k = tile < p.batch ? 0 : tile - p.batch - first_extra + 1;  // the tile's index in its slot
+  if (k >= decode_tiles_of_slot(min(n, p.rows), group, p.all_decode)) return false;  // idle or prefill slot
   t.b = b;
   t.n = int(n);
-  t.tok0 = max(int64_t(0), min(int64_t(cu[b]), p.rows - n));
-  t.cache_len = int(max(int64_t(0), min(int64_t(p.cache_seqlens[b]), capacity - n)));
+  if (early) {
+    const int64_t capacity = p.max_blocks_per_seq << p.block_size_log2;
+    if (capacity < n || p.rows < n) return false;  // invalid data only: no in-bounds tile exists
+    t.tok0 = max(int64_t(0), min(int64_t(begin), p.rows - n));
+    t.cache_len = int(max(int64_t(0), min(int64_t(cached), capacity - n)));
+  } else {
+    t.tok0 = begin;
+    t.cache_len = cached;
+  }
   t.kv_len = t.cache_len + t.n;
-  t.row0 = (tile - found.y) * kDecodeBlockM;
+  t.row0 = k * kDecodeBlockM;
   t.rows_here = min(kDecodeBlockM, t.n * group - t.row0);
   set_tile_key_ranges(p, group, t);
   return true;
@@ -238,8 +269,9 @@ __device__ __forceinline__ bool locate_split(const AttentionParams& p, const Til
 
 // Writes both tile maps of `job` from cu_seqlens_q [B+1], and zeroes its split counters, with one
 // CTA of kThreads threads (all of them call it): prefill_tile_start[b] sums ceil(n_c * G / prefill_block_m) over the prefill slots
-// c < b, decode_tile_start[b] sums decode_tiles_of_slot over c < b (the decode slots c < b, or under
-// all_decode every slot's rows in decode tiles); entry B holds the totals. One pass
+// c < b, decode_tile_start[b] sums the decode tiles of slots c < b past each slot's first
+// (decode_tiles_of_slot - 1: nonzero under all_decode only; locate_decode_tile); entry B holds the
+// totals. One pass
 // scans both counts, kThreads slots at a time.
 template <int kThreads>
 __device__ void build_tile_maps(const TileMapJob& job, const int32_t* cu, int batch) {
@@ -257,8 +289,9 @@ __device__ void build_tile_maps(const TileMapJob& job, const int32_t* cu, int ba
     int count_p = 0, count_d = 0;
     if (b < batch) {
       const int64_t n = int64_t(cu[b + 1]) - cu[b];
-      count_d = decode_tiles_of_slot(n, job.group, job.all_decode);
-      if (count_d == 0 && n > 0) {
+      const int decode_tiles = decode_tiles_of_slot(n, job.group, job.all_decode);
+      count_d = max(0, decode_tiles - 1);  // tiles past the slot's first (locate_decode_tile)
+      if (decode_tiles == 0 && n > 0) {
         count_p = int((n * job.group + job.prefill_block_m - 1) / job.prefill_block_m);
       }
     }
