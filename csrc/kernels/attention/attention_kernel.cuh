@@ -35,12 +35,42 @@ inline constexpr int kMaxDevices = 64;
 template <class Cfg, int D, int DV>
 inline constexpr bool kDecodeTmaKv = Cfg::kBlockM == kDecodeBlockM && D % 64 == 0 && DV % 64 == 0;
 
+#ifdef PGQA_CTA_TIMES
+__device__ __forceinline__ unsigned long long global_timer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// Thread 0 of a decode CTA records {start, now, smid, items} at its linear id (measurement builds).
+__device__ __forceinline__ void record_cta_time(const AttentionParams& p, unsigned long long start, int items) {
+  if (p.cta_times == nullptr || threadIdx.x != 0) return;
+  const int64_t cta = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
+  unsigned long long* r = p.cta_times + 4 * cta;
+  r[0] = start;
+  r[1] = global_timer_ns();
+#ifndef PGQA_CTA_ISSUE
+  unsigned smid;  // with PGQA_CTA_ISSUE word 2 holds when warp 0 began issuing the first K / V copies
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+  r[2] = smid;
+#endif
+#ifndef PGQA_CTA_RAMP
+  r[3] = unsigned(items);  // with PGQA_CTA_RAMP: when the CTA's first K / V tile landed
+#endif
+}
+// Thread 0 stores the time now into word `word` of the CTA's record (PGQA_CTA_ISSUE: 2, RAMP: 3).
+__device__ __forceinline__ void mark_cta_time(const AttentionParams& p, int word) {
+  if (p.cta_times == nullptr || threadIdx.x != 0) return;
+  const int64_t cta = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
+  p.cta_times[4 * cta + word] = global_timer_ns();
+}
+#endif
+
 // One work item of the attention launch: column `column` of `columns` (decode launches: q tile
 // `column` of the tile map, then p.pad_ctas trailing columns that zero padding rows instead; prefill
-// launches: q tile columns - 1 - column), split `split` of that tile's KV tiles, kv head `kvh`. Called by every thread of the CTA; `early`: see
-// paged_attention_kernel. `phase_bits` holds the parity of each TMA stage barrier's next phase
-// (bit st), carried from item to item by a persistent CTA; full0 is the shared address of the S
-// stage barriers (8 bytes each), initialised by the kernel. `maps` (make_hopper_kv_maps) is read
+// launches: q tile columns - 1 - column), split `split` of that tile's KV tiles, kv head `kvh`.
+// Called by every thread of the CTA; `early`: see paged_attention_kernel. `phase_bits` holds the
+// parity of each TMA stage barrier's next phase (bit st), carried from item to item by a persistent
+// CTA; full0 is the shared address of the S stage barriers (8 bytes each), initialised by the kernel. `maps` (make_hopper_kv_maps) is read
 // only by sm_90a code of a kDecodeTmaKv config.
 template <typename T, int D, int DV, int GROUP, class Cfg>
 __device__ __forceinline__ void attention_work_item(const AttentionParams p, const HopperKvMaps& maps, int column,
@@ -194,11 +224,7 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     if (warp == 0) {
 #ifdef PGQA_CTA_ISSUE
-      if (tid == 0 && p.cta_times != nullptr) {
-        unsigned long long now;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-        p.cta_times[4 * (blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z)) + 2] = now;
-      }
+      mark_cta_time(p, 2);
 #endif
       for (int st = 0; st < S - 1; ++st)
         if (kt_begin + st < kt_end) issue_tile(kt_begin + st, st);
@@ -376,11 +402,7 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
       sm90::mbarrier_wait_parity(full0 + 8u * stage, (phase_bits >> stage) & 1u);
       phase_bits ^= 1u << stage;
 #ifdef PGQA_CTA_RAMP
-      if (kt == kt_begin && tid == 0 && p.cta_times != nullptr) {
-        unsigned long long now;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-        p.cta_times[4 * (blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z)) + 3] = now;
-      }
+      if (kt == kt_begin) mark_cta_time(p, 3);
 #endif
       if (kt * BN < lo || kt * BN + BN - 1 > hi) {
         // Keys of the tile outside [lo, hi] were not read or are not this step's: the warp zeroes
@@ -518,30 +540,6 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
     }
   }
 }
-
-#ifdef PGQA_CTA_TIMES
-__device__ __forceinline__ unsigned long long global_timer_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-// Thread 0 of a decode CTA records {start, now, smid, items} at its linear id (measurement builds).
-__device__ __forceinline__ void record_cta_time(const AttentionParams& p, unsigned long long start, int items) {
-  if (p.cta_times == nullptr || threadIdx.x != 0) return;
-  unsigned smid;
-  asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-  const int64_t cta = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
-  unsigned long long* r = p.cta_times + 4 * cta;
-  r[0] = start;
-  r[1] = global_timer_ns();
-#ifndef PGQA_CTA_ISSUE
-  r[2] = smid;  // with PGQA_CTA_ISSUE: when warp 0 began issuing the first K / V copies
-#endif
-#ifndef PGQA_CTA_RAMP
-  r[3] = unsigned(items);  // with PGQA_CTA_RAMP: when the CTA's first K / V tile landed (attention_work_item)
-#endif
-}
-#endif
 
 // The S stage barriers of a TMA decode config, initialised by thread 0 for every item of the CTA:
 // warp 0 (thread 0 among it) arms and issues the stages, and the other warps wait on them only after
