@@ -70,8 +70,8 @@ __device__ __forceinline__ void mark_cta_time(const AttentionParams& p, int word
 // launches: q tile columns - 1 - column), split `split` of that tile's KV tiles, kv head `kvh`.
 // Called by every thread of the CTA; `early`: see paged_attention_kernel. `phase_bits` holds the
 // parity of each TMA stage barrier's next phase (bit st), carried from item to item by a persistent
-// CTA; full0 is the shared address of the S stage barriers (8 bytes each), initialised by the kernel. `maps` (make_hopper_kv_maps) is read
-// only by sm_90a code of a kDecodeTmaKv config.
+// CTA; full0 is the shared address of the S stage barriers (8 bytes each), initialised by the
+// kernel. `maps` (make_hopper_kv_maps) is read only by sm_90a code of a kDecodeTmaKv config.
 template <typename T, int D, int DV, int GROUP, class Cfg>
 __device__ __forceinline__ void attention_work_item(const AttentionParams p, const HopperKvMaps& maps, int column,
                                                     int columns, int split, int kvh, bool early, uint32_t full0,

@@ -94,11 +94,7 @@ __global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const Atten
     *reinterpret_cast<uint2*>(out + e) = make_uint2(0u, 0u);
     return;
   }
-  int b = 0;  // the last slot starting at or before this row (an idle slot ends where it starts)
-  for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
-    const int mid = (lo + hi) >> 1;
-    if (p.cu_seqlens_q[mid] <= row) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
-  }
+  const int b = last_slot_starting_at_or_before(p.cu_seqlens_q, p.batch, row);  // the row's slot
   const int n = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
   if (p.split_counters != nullptr && is_decode_slot(n, p.group)) return;  // merged by its decode tile
   const int n_splits = slot_num_splits(p.cache_seqlens[b], n, p.causal, p.sliding_window, p.block_n, p.max_splits);

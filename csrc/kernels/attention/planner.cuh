@@ -137,14 +137,22 @@ __device__ __forceinline__ void set_tile_key_ranges(const AttentionParams& p, in
   t.first = visible_keys(t.cache_len + t.row0 / group, t.kv_len, p.causal, p.sliding_window);
   t.last = visible_keys(t.cache_len + (t.row0 + t.rows_here - 1) / group, t.kv_len, p.causal, p.sliding_window);
 }
+// The last slot b < batch whose start[b] <= x, for non-decreasing start[0..batch) (prefix sums per
+// slot: cu_seqlens_q, a tile map); 0 when none. Slots that own nothing share the next one's start,
+// so on x < start[batch] the result is the slot that owns x.
+__device__ __forceinline__ int last_slot_starting_at_or_before(const int32_t* start, int batch, int64_t x) {
+  int b = 0;
+  for (int lo = 0, hi = batch - 1; lo <= hi;) {
+    const int mid = (lo + hi) >> 1;
+    if (start[mid] <= x) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
+  }
+  return b;
+}
+
 __device__ __forceinline__ bool locate_tile(const AttentionParams& p, int tile, int bm, int group, TileSlot& t) {
   const int* tile_start = p.tile_start;
   if (tile >= tile_start[p.batch]) return false;
-  int b = 0;
-  for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
-    const int mid = (lo + hi) >> 1;
-    if (tile_start[mid] <= tile) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
-  }
+  const int b = last_slot_starting_at_or_before(tile_start, p.batch, tile);
   t.b = b;
   t.tok0 = p.cu_seqlens_q[b];
   t.n = p.cu_seqlens_q[b + 1] - int(t.tok0);
@@ -182,11 +190,7 @@ __device__ bool locate_decode_tile(const AttentionParams& p, int tile, int group
     const int e = tile - p.batch;
     const int* start = p.tile_start;
     if (e >= start[p.batch]) return false;
-    b = 0;
-    for (int lo = 0, hi = p.batch - 1; lo <= hi;) {
-      const int mid = (lo + hi) >> 1;
-      if (start[mid] <= e) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
-    }
+    b = last_slot_starting_at_or_before(start, p.batch, e);
     first_extra = start[b];
   } else if (tile >= p.batch) {
     constexpr int kWarps = kThreads / 32;
@@ -271,8 +275,7 @@ __device__ __forceinline__ bool locate_split(const AttentionParams& p, const Til
 // CTA of kThreads threads (all of them call it): prefill_tile_start[b] sums ceil(n_c * G / prefill_block_m) over the prefill slots
 // c < b, decode_tile_start[b] sums the decode tiles of slots c < b past each slot's first
 // (decode_tiles_of_slot - 1: nonzero under all_decode only; locate_decode_tile); entry B holds the
-// totals. One pass
-// scans both counts, kThreads slots at a time.
+// totals. One pass scans both counts, kThreads slots at a time.
 template <int kThreads>
 __device__ void build_tile_maps(const TileMapJob& job, const int32_t* cu, int batch) {
   static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, at most 32");

@@ -72,7 +72,7 @@ PGQA_HD bool runs_all_decode(int64_t rows, int64_t batch, int group) {
 PGQA_HD int decode_tiles_of_slot(int64_t n_new, int group, bool all_decode) {
   if (n_new <= 0) return 0;
   if (all_decode) return int((n_new * group + kDecodeBlockM - 1) / kDecodeBlockM);
-  return n_new * group <= kDecodeBlockM ? 1 : 0;
+  return is_decode_slot(n_new, group) ? 1 : 0;
 }
 
 // Padding (elements) after each shared-memory row of Q, K and V: rows of D+8 b16 elements shift
