@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import statistics
 import sys
@@ -63,13 +64,14 @@ def parse_knobs(spec):
     return out
 
 
-def cta_times(fn, flush, calls=5):
+def cta_times(fn, flush, calls=5, dump=None):
     """Per-CTA {start, end, smid, items} of the decode launch of one call (a -D PGQA_CTA_TIMES build),
-    the median call by span of `calls`; None in other builds."""
+    the median call by span of `calls`; None in other builds. `dump`: a path where every call's
+    records go as JSON, one list per call of [linear CTA id, start, end, smid, items]."""
     buf = torch.zeros(4 * 65536, dtype=torch.int64, device="cuda")
     cache = torch.empty(FLUSH_BYTES // 4 if flush else 1, dtype=torch.int32, device="cuda")
     os.environ["PADDLE_GQA_CTA_TIMES"] = str(buf.data_ptr())
-    runs = []
+    runs, raw = [], []
     try:
         for _ in range(calls):
             buf.zero_()
@@ -77,11 +79,16 @@ def cta_times(fn, flush, calls=5):
             fn()
             torch.cuda.synchronize()
             r = buf.view(-1, 4).cpu()
-            r = r[r[:, 1] != 0]
+            ids = torch.nonzero(r[:, 1] != 0).flatten()
+            r = r[ids]
             if len(r):
                 runs.append(r)
+                raw.append(torch.cat([ids[:, None], r], dim=1).tolist())
     finally:
         os.environ.pop("PADDLE_GQA_CTA_TIMES", None)
+    if dump and raw:
+        with open(dump, "w") as f:
+            json.dump(raw, f)
     if not runs:
         return None
     runs.sort(key=lambda r: int(r[:, 1].max() - r[:, 0].min()))
@@ -167,6 +174,8 @@ def main():
                     "replaces the consecutive-block variant")
     ap.add_argument("--cta-times", action="store_true", help="per-CTA start / end of the decode launch "
                     "(a build with -D PGQA_CTA_TIMES)")
+    ap.add_argument("--cta-dump", default="", help="with --cta-times: a folder for every call's raw CTA "
+                    "records (JSON per case, variant and flush)")
     ap.add_argument("--no-timeline", action="store_true")
     ap.add_argument("--no-consecutive", action="store_true", help="skip the consecutive-block variant")
     ap.add_argument("--lone", action="store_true", help="also a step of 32 lone CTAs (B 1, Hkv 1, 32k keys)")
@@ -195,7 +204,9 @@ def main():
             if name == "cuDNN" or not args.cta_times:
                 continue
             for flush in (False, True):
-                r = cta_times(fn, flush)
+                dump = (os.path.join(args.cta_dump, f"cta_{case.name}_{name.replace(' ', '_')}_{int(flush)}.json")
+                        if args.cta_dump else None)
+                r = cta_times(fn, flush, dump=dump)
                 if r is None:
                     print(f"--- {case.name} {name}: no CTA times (not a -D PGQA_CTA_TIMES build)")
                     break
