@@ -44,9 +44,7 @@ def report(path):
     lasted = np.zeros(n_sm)
     count = np.zeros(n_sm)
     for k, (_, start, end, sm) in enumerate(calls):
-        for s in range(n_sm):
-            if (sm == s).any():
-                by_sm[k, s] = end[sm == s].max()
+        np.fmax.at(by_sm[k], sm, end)  # NaN stays where an SM ran none
         np.add.at(lasted, sm, end - start)
         np.add.at(count, sm, 1)
     ok = ~np.isnan(by_sm).any(axis=0)

@@ -35,6 +35,11 @@ inline constexpr int kMaxDevices = 64;
 template <class Cfg, int D, int DV>
 inline constexpr bool kDecodeTmaKv = Cfg::kBlockM == kDecodeBlockM && D % 64 == 0 && DV % 64 == 0;
 
+// The CTA's index in x-fastest order: the order in which the hardware hands out a grid's CTAs.
+__device__ __forceinline__ unsigned linear_cta_id() {
+  return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+}
+
 #ifdef PGQA_CTA_TIMES
 __device__ __forceinline__ unsigned long long global_timer_ns() {
   unsigned long long t;
@@ -44,8 +49,7 @@ __device__ __forceinline__ unsigned long long global_timer_ns() {
 // Thread 0 of a decode CTA records {start, now, smid, items} at its linear id (measurement builds).
 __device__ __forceinline__ void record_cta_time(const AttentionParams& p, unsigned long long start, int items) {
   if (p.cta_times == nullptr || threadIdx.x != 0) return;
-  const int64_t cta = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
-  unsigned long long* r = p.cta_times + 4 * cta;
+  unsigned long long* r = p.cta_times + 4 * int64_t(linear_cta_id());
   r[0] = start;
   r[1] = global_timer_ns();
 #ifndef PGQA_CTA_ISSUE
@@ -60,8 +64,7 @@ __device__ __forceinline__ void record_cta_time(const AttentionParams& p, unsign
 // Thread 0 stores the time now into word `word` of the CTA's record (PGQA_CTA_ISSUE: 2, RAMP: 3).
 __device__ __forceinline__ void mark_cta_time(const AttentionParams& p, int word) {
   if (p.cta_times == nullptr || threadIdx.x != 0) return;
-  const int64_t cta = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
-  p.cta_times[4 * cta + word] = global_timer_ns();
+  p.cta_times[4 * int64_t(linear_cta_id()) + word] = global_timer_ns();
 }
 #endif
 
@@ -590,7 +593,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlockM == kDecodeBlockM ?
   // -1 us of 365), and the columns past the slots' tiles come last (attention_work_item).
   int column = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z;
   if constexpr (Cfg::kBlockM == kDecodeBlockM) {
-    const unsigned lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const unsigned lin = linear_cta_id();
     kvh = int(lin % gridDim.z);
     const unsigned rest = lin / gridDim.z;
     split = int(rest % gridDim.y);
