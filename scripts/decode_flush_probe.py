@@ -64,21 +64,26 @@ def parse_knobs(spec):
     return out
 
 
-def cta_times(fn, flush, calls=5, dump=None):
+def cta_times(fn, flush, calls=5, dump=None, tile_dump=None):
     """Per-CTA {start, end, smid, items} of the decode launch of one call (a -D PGQA_CTA_TIMES build),
     the median call by span of `calls`; None in other builds. `dump`: a path where every call's
     records go as JSON, one list per call of [linear CTA id, start, end, smid, items]."""
     buf = torch.zeros(4 * 65536, dtype=torch.int64, device="cuda")
     cache = torch.empty(FLUSH_BYTES // 4 if flush else 1, dtype=torch.int32, device="cuda")
     os.environ["PADDLE_GQA_CTA_TIMES"] = str(buf.data_ptr())
-    runs, raw = [], []
+    runs, raw, tiles = [], [], []
     try:
         for _ in range(calls):
             buf.zero_()
             cache.zero_()
             fn()
             torch.cuda.synchronize()
-            r = buf.view(-1, 4).cpu()
+            if tile_dump:  # a -D PGQA_TILE_TIMES build: when each CTA's KV tiles landed
+                t = buf[8192:].view(-1, 512)
+                idx = torch.nonzero(t).cpu()
+                vals = t[t != 0].cpu()
+                tiles.append(torch.cat([idx, vals[:, None]], dim=1))
+            r = buf[:8192].view(-1, 4).cpu()
             ids = torch.nonzero(r[:, 1] != 0).flatten()
             r = r[ids]
             if len(r):
@@ -89,6 +94,9 @@ def cta_times(fn, flush, calls=5, dump=None):
     if dump and raw:
         with open(dump, "w") as f:
             json.dump(raw, f)
+    if tile_dump and tiles:
+        import numpy as np
+        np.savez_compressed(tile_dump, *[t.numpy() for t in tiles])
     if not runs:
         return None
     runs.sort(key=lambda r: int(r[:, 1].max() - r[:, 0].min()))
@@ -177,6 +185,8 @@ def main():
     ap.add_argument("--cta-dump", default="", help="with --cta-times: a folder for every call's raw CTA "
                     "records (JSON per case, variant and flush)")
     ap.add_argument("--no-timeline", action="store_true")
+    ap.add_argument("--tile-dump", default="", help="with --cta-times on a -D PGQA_TILE_TIMES build: a folder for "
+                    "every call's KV-tile landing times (npz of [cta, tile, ns] rows)")
     ap.add_argument("--no-consecutive", action="store_true", help="skip the consecutive-block variant")
     ap.add_argument("--lone", action="store_true", help="also a step of 32 lone CTAs (B 1, Hkv 1, 32k keys)")
     args = ap.parse_args()
@@ -206,7 +216,9 @@ def main():
             for flush in (False, True):
                 dump = (os.path.join(args.cta_dump, f"cta_{case.name}_{name.replace(' ', '_')}_{int(flush)}.json")
                         if args.cta_dump else None)
-                r = cta_times(fn, flush, dump=dump)
+                tdump = (os.path.join(args.tile_dump, f"tiles_{case.name}_{name.replace(' ', '_')}_{int(flush)}.npz")
+                         if args.tile_dump else None)
+                r = cta_times(fn, flush, dump=dump, tile_dump=tdump)
                 if r is None:
                     print(f"--- {case.name} {name}: no CTA times (not a -D PGQA_CTA_TIMES build)")
                     break

@@ -40,6 +40,9 @@ __device__ __forceinline__ unsigned linear_cta_id() {
   return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
 }
 
+#if defined(PGQA_TILE_TIMES) && !defined(PGQA_CTA_TIMES)
+#error "PGQA_TILE_TIMES records into the PGQA_CTA_TIMES buffer: build with both"
+#endif
 #ifdef PGQA_CTA_TIMES
 __device__ __forceinline__ unsigned long long global_timer_ns() {
   unsigned long long t;
@@ -406,6 +409,11 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
       phase_bits ^= 1u << stage;
 #ifdef PGQA_CTA_RAMP
       if (kt == kt_begin) mark_cta_time(p, 3);
+#endif
+#ifdef PGQA_TILE_TIMES
+      // Measurement builds: when each KV tile landed, after the CTA records (8192 words), 512 per CTA.
+      if (p.cta_times != nullptr && threadIdx.x == 0 && kt - kt_begin < 512)
+        p.cta_times[8192 + 512 * int64_t(linear_cta_id()) + (kt - kt_begin)] = global_timer_ns();
 #endif
       if (kt * BN < lo || kt * BN + BN - 1 > hi) {
         // Keys of the tile outside [lo, hi] were not read or are not this step's: the warp zeroes

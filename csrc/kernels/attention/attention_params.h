@@ -55,7 +55,8 @@ struct AttentionParams {
 #ifdef PGQA_CTA_TIMES
   // Measurement builds only (scripts/build_cuda.py -D PGQA_CTA_TIMES): per CTA of the decode
   // launches {start, end (%globaltimer ns), smid, items}, indexed by linear CTA id; from the
-  // device address in PADDLE_GQA_CTA_TIMES (scripts/decode_flush_probe.py --cta-times).
+  // device address in PADDLE_GQA_CTA_TIMES (scripts/decode_flush_probe.py --cta-times). With
+  // -D PGQA_TILE_TIMES also when each KV tile landed: word 8192 + 512 * (linear CTA id) + tile.
   unsigned long long* cta_times;
 #endif
 };
