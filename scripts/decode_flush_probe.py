@@ -26,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
@@ -34,6 +35,9 @@ import bench_cases  # noqa: E402
 from profile_steps import _short_name, planned_paged_call, time_calls  # noqa: E402
 
 FLUSH_BYTES = 256 * 2**20
+# The PGQA_CTA_TIMES buffer's layout (attention_params.h): 4 words per CTA record, and in a
+# -D PGQA_TILE_TIMES build the tile landing times after the first CTA_WORDS words, TILES_PER_CTA per CTA.
+CTA_WORDS, TILES_PER_CTA = 8192, 512
 
 
 def with_env(fn, env):
@@ -79,11 +83,11 @@ def cta_times(fn, flush, calls=5, dump=None, tile_dump=None):
             fn()
             torch.cuda.synchronize()
             if tile_dump:  # a -D PGQA_TILE_TIMES build: when each CTA's KV tiles landed
-                t = buf[8192:].view(-1, 512)
+                t = buf[CTA_WORDS:].view(-1, TILES_PER_CTA)
                 idx = torch.nonzero(t).cpu()
                 vals = t[t != 0].cpu()
                 tiles.append(torch.cat([idx, vals[:, None]], dim=1))
-            r = buf[:8192].view(-1, 4).cpu()
+            r = (buf[:CTA_WORDS] if tile_dump else buf).view(-1, 4).cpu()
             ids = torch.nonzero(r[:, 1] != 0).flatten()
             r = r[ids]
             if len(r):
@@ -95,7 +99,6 @@ def cta_times(fn, flush, calls=5, dump=None, tile_dump=None):
         with open(dump, "w") as f:
             json.dump(raw, f)
     if tile_dump and tiles:
-        import numpy as np
         np.savez_compressed(tile_dump, *[t.numpy() for t in tiles])
     if not runs:
         return None

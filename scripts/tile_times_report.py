@@ -18,13 +18,13 @@ import os
 import numpy as np
 
 
-def call_summary(a, tile_bytes):
-    """(span µs, plateau TB/s, start loss µs, tail loss µs) of one call's rows [cta, tile, ns].
+def call_summary(t, tile_bytes):
+    """(span µs, plateau TB/s, start loss µs, tail loss µs) of one call's tile landings t (µs from
+    the first).
 
     plateau: the landed rate between 40 µs after the first landing and 40 µs before the last;
     start loss: 30 µs minus the plateau time of what landed in the first 30 µs; tail loss: the same
     over the last 20 µs."""
-    t = (a[:, 2] - a[:, 2].min()) / 1e3
     span = float(t.max())
     mid = (t > 40) & (t < span - 40)
     plateau = mid.sum() * tile_bytes / ((span - 80) * 1e-6) / 1e12
@@ -39,10 +39,10 @@ def report(path, tile_bytes, bin_us, curve):
         a = calls[key].astype(np.float64)
         if not len(a):
             continue
-        rows.append(call_summary(a, tile_bytes))
+        t = (a[:, 2] - a[:, 2].min()) / 1e3  # µs from the first landing
+        rows.append(call_summary(t, tile_bytes))
         if not curve:
             continue
-        t = (a[:, 2] - a[:, 2].min()) / 1e3
         cta = a[:, 0].astype(int)
         edges = np.arange(0.0, t.max() + bin_us, bin_us)
         landed, _ = np.histogram(t, bins=edges)

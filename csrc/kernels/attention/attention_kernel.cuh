@@ -411,9 +411,11 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
       if (kt == kt_begin) mark_cta_time(p, 3);
 #endif
 #ifdef PGQA_TILE_TIMES
-      // Measurement builds: when each KV tile landed, after the CTA records (8192 words), 512 per CTA.
-      if (p.cta_times != nullptr && threadIdx.x == 0 && kt - kt_begin < 512)
-        p.cta_times[8192 + 512 * int64_t(linear_cta_id()) + (kt - kt_begin)] = global_timer_ns();
+      // Measurement builds: when each KV tile landed, after the CTA records (attention_params.h).
+      constexpr int kCtaRecordWords = 8192, kTileTimesPerCta = 512;
+      if (p.cta_times != nullptr && threadIdx.x == 0 && kt - kt_begin < kTileTimesPerCta)
+        p.cta_times[kCtaRecordWords + kTileTimesPerCta * int64_t(linear_cta_id()) + (kt - kt_begin)] =
+            global_timer_ns();
 #endif
       if (kt * BN < lo || kt * BN + BN - 1 > hi) {
         // Keys of the tile outside [lo, hi] were not read or are not this step's: the warp zeroes
