@@ -25,6 +25,10 @@
 //           D / 64 + Dv / 64 boxes per block, one per lane.
 //   spin  — clock cycles each consumer warp spins per tile after its data landed and before it
 //           releases the stage (the tile's math; ~0.35 µs measured in session 7).
+//   gap   — dynamic / hybrid pieces without the pipeline across pieces (gap >= 0): before a claimed
+//           piece's first copy the producer waits until every issued tile was consumed, then spins
+//           `gap` cycles (a work item's epilogue and start in a kernel that runs items one after
+//           the other); gap < 0: the pipeline runs on across pieces.
 #include <cstdint>
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -72,6 +76,7 @@ struct ReadParams {
   int tail;              // hybrid: blocks per split left to the claimed pieces
   int copy;              // 0: 1-D bulk copies, 1: 2-D TMA boxes (needs d, dv multiples of 64, bs 64)
   int spin;              // clock cycles of "math" per tile and consumer warp
+  int gap;               // < 0: pieces pipelined; else drain + this many cycles between pieces
   int d, dv, bs;         // head dims (elements) and block size
   int* counter;          // dynamic / hybrid: [claims, CTAs done], zero between launches (the launch's
                          // last CTA zeroes them again, so that no memset sits in a timed call)
@@ -160,6 +165,14 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     };
+    // A claimed piece without the pipeline across pieces: every issued tile consumed, then `gap`.
+    auto drain = [&]() {
+      if (p.gap < 0) return;
+      for (int t = max(0, seq - S); t < seq; ++t) mbar_wait(smem_u32(&empty[t % S]), (t / S) & 1);
+      const long long t0 = clock64();
+      while (clock64() - t0 < p.gap) {
+      }
+    };
     auto claim = [&]() {
       int q = 0;
       if (lane == 0) q = atomicAdd(p.counter, 1);
@@ -188,6 +201,7 @@ __global__ void __launch_bounds__(kThreads)
           const int ot = hybrid_tail_blocks(p, o0, o1);
           const int first = o1 - ot + piece * p.chunk;
           if (first >= o1) continue;
+          drain();
           issue_piece(Piece{ob * p.hkv + oh, first, min(p.chunk, o1 - first)});
         }
       }
@@ -197,6 +211,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int q = claim(); q < total; q = claim()) {
         const int pair = q % pairs, c = q / pairs;  // every pair's first pieces first
         const int first = c * p.chunk;
+        if (seq > 0) drain();
         issue_piece(Piece{pair, first, min(p.chunk, p.nblk - first)});
       }
     }
@@ -299,11 +314,11 @@ int launch(const ReadParams& p, int64_t num_blocks, int grid, bool pre, cudaStre
 // The grid: static / hybrid: pairs · splits CTAs; dynamic: `grid` CTAs. Returns a cudaError_t.
 extern "C" int paged_read(const void* k, const void* v, const int32_t* block_tables, int batch, int hkv, int nblk,
                           int max_blocks, int num_blocks, int d, int dv, int bs, int mode, int splits, int chunk,
-                          int tail, int grid, int stages, int copy, int spin, int pre, int* counter,
+                          int tail, int grid, int stages, int copy, int spin, int gap, int pre, int* counter,
                           unsigned long long* sink, void* stream) {
   const int k_bytes = bs * d * 2, v_bytes = bs * dv * 2;
   ReadParams p{static_cast<const uint8_t*>(k), static_cast<const uint8_t*>(v), block_tables, batch, hkv, nblk,
-               max_blocks, k_bytes, v_bytes, mode, splits, chunk, tail, copy, spin, d, dv, bs, counter, sink};
+               max_blocks, k_bytes, v_bytes, mode, splits, chunk, tail, copy, spin, gap, d, dv, bs, counter, sink};
   if (mode != 1) grid = batch * hkv * splits;
   if (chunk < 1 || chunk > 32 || (k_bytes % 16) || (v_bytes % 16)) return int(cudaErrorInvalidValue);
   if (copy == 1 && (d % 64 || dv % 64 || bs != 64 || d / 64 + dv / 64 > 32)) return int(cudaErrorInvalidValue);

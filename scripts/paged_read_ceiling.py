@@ -9,7 +9,7 @@ same input set. Every time: median µs of `--calls` calls by CUDA events, back t
 bench's 256 MB memset, alternating rounds (profile_steps.time_calls), median over rounds.
 
 Usage (on a CUDA machine, after python3 scripts/build_cuda.py --subset ci):
-    python3 scripts/paged_read_ceiling.py [--set schedules|habits] [--cases decode_g3,decode_long]
+    python3 scripts/paged_read_ceiling.py [--set schedules|habits|pieces] [--cases decode_g3,decode_long]
         [--rounds 2] [--calls 100]
 """
 from __future__ import annotations
@@ -45,7 +45,8 @@ def build(out_dir):
     return lib
 
 
-def read_call(lib, case, s, mode, splits=1, chunk=8, tail=0, grid=0, stages=3, tma=False, spin=0, pre=False):
+def read_call(lib, case, s, mode, splits=1, chunk=8, tail=0, grid=0, stages=3, tma=False, spin=0, gap=-1,
+              pre=False):
     """A closure launching one read kernel over input set s (every slot of the case has one group)."""
     g = case.groups[0]
     nblk = -(-g.kv_len // bench_cases.BLOCK_SIZE)
@@ -54,21 +55,24 @@ def read_call(lib, case, s, mode, splits=1, chunk=8, tail=0, grid=0, stages=3, t
     args = (ctypes.c_void_p(s.key_cache.data_ptr()), ctypes.c_void_p(s.value_cache.data_ptr()),
             ctypes.c_void_p(s.block_tables.data_ptr()), g.batch, case.hkv, nblk, s.block_tables.shape[1],
             s.key_cache.shape[0], case.d, case.dv, bench_cases.BLOCK_SIZE, MODES[mode], splits, chunk, tail, grid,
-            stages, int(tma), spin, int(pre), ctypes.c_void_p(counter.data_ptr()), ctypes.c_void_p(sink.data_ptr()))
+            stages, int(tma), spin, gap, int(pre), ctypes.c_void_p(counter.data_ptr()),
+            ctypes.c_void_p(sink.data_ptr()))
 
     def call():
         err = lib.paged_read(*args, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
         if err:
             raise RuntimeError(f"paged_read({mode}, splits={splits}, chunk={chunk}, tail={tail}, grid={grid}, "
-                               f"stages={stages}, tma={tma}, spin={spin}, pre={pre}): cudaError {err}")
+                               f"stages={stages}, tma={tma}, spin={spin}, gap={gap}, pre={pre}): cudaError {err}")
     call.keep = (counter, sink)  # alive as long as the closure
     return call
 
 
 def variants(lib, case, sets, sms, which):
     """label -> closure. `sets`: {"shuffled": s, "consecutive": s}; `which`: "schedules" (how fast
-    the bytes can be read: static / dynamic / hybrid, stages, both layouts) or "habits" (the decode
-    kernel's habits one at a time on the static grid: its TMA boxes, a tile's math as a spin)."""
+    the bytes can be read: static / dynamic / hybrid, stages, both layouts), "habits" (the decode
+    kernel's habits one at a time on the static grid: its TMA boxes, a tile's math as a spin, the
+    step check's launch before it) or "pieces" (balanced schedules with and without the pipeline
+    across pieces)."""
     g = case.groups[0]
     nblk = -(-g.kv_len // bench_cases.BLOCK_SIZE)
     pairs = g.batch * case.hkv
@@ -76,6 +80,24 @@ def variants(lib, case, sets, sms, which):
     splits = max(1, (2 * sms) // pairs)
     per_split = nblk // splits
     out = {}
+    if which == "pieces":
+        # Balancing with the decode kernel's costs: static heads and claimed tails (hybrid) or all
+        # pieces claimed (dynamic), pipelined across pieces or not (gap: each piece drains the
+        # pipeline, then waits ~1 / 2 µs for an epilogue and a start).
+        s = sets["shuffled"]
+        common = dict(stages=3, tma=True, spin=1200)
+        out[f"read static x{splits} spin1200"] = read_call(lib, case, s, "static", splits=splits, **common)
+        for frac in (8, 16):
+            tail = max(1, per_split // frac)
+            for chunk in (1, 2, 4):
+                for gap in (-1, 2000, 4000):
+                    label = f"read hybrid tail{tail} c{chunk} " + ("pipelined" if gap < 0 else f"gap{gap}")
+                    out[label] = read_call(lib, case, s, "hybrid", splits=splits, chunk=chunk, tail=tail, gap=gap,
+                                           **common)
+        for gap in (-1, 2000):
+            out["read dynamic c8 2/SM " + ("pipelined" if gap < 0 else f"gap{gap}")] = read_call(
+                lib, case, s, "dynamic", chunk=8, grid=2 * sms, gap=gap, **common)
+        return out
     if which == "habits":
         s = sets["shuffled"]
         tail = max(1, per_split // 8)
@@ -117,7 +139,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--build-dir", default="/tmp")
-    ap.add_argument("--set", choices=("schedules", "habits"), default="schedules")
+    ap.add_argument("--set", choices=("schedules", "habits", "pieces"), default="schedules")
     ap.add_argument("--no-ours", action="store_true", help="without the DLPack module (read kernels and cuDNN only)")
     args = ap.parse_args()
     lib = build(args.build_dir)
