@@ -30,8 +30,13 @@
 //           `gap` cycles (a work item's epilogue and start in a kernel that runs items one after
 //           the other); gap < 0: the pipeline runs on across pieces.
 #include <cstdint>
+#include <exception>
 #include <cuda.h>
 #include <cuda_runtime.h>
+
+#include "kernels/attention/hopper_kv_maps.h"  // encode_kv_map
+#include "kernels/attention/hopper_tma.cuh"
+#include "kernels/attention/planner.cuh"  // launch_kernel
 
 namespace {
 
@@ -42,27 +47,27 @@ constexpr int kNoStop = 0x7fffffff;
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the device pass for sm_90a; the host pass sees the kernel empty
+// The decode kernel's mbarrier and TMA helpers (sm_90a), short names for this file.
+using paddle_gqa::cuda::attn::sm90::fence_barrier_init;
+using paddle_gqa::cuda::attn::sm90::tma_load_2d;
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+  paddle_gqa::cuda::attn::sm90::mbarrier_init(bar, count);
 }
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+  paddle_gqa::cuda::attn::sm90::mbarrier_arrive_expect_tx(bar, bytes);
 }
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) { paddle_gqa::cuda::attn::sm90::mbarrier_arrive(bar); }
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n .reg .pred p;\n"
-      "WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra WAIT_%=;\n}" ::"r"(bar),
-      "r"(parity)
-      : "memory");
+  paddle_gqa::cuda::attn::sm90::mbarrier_wait_parity(bar, parity);
 }
+// One 1-D bulk copy of `bytes` (a multiple of 16) from global memory, completing on `bar`.
 __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
 }
+#endif
 
 struct ReadParams {
   const uint8_t* k;
@@ -100,17 +105,10 @@ __device__ __forceinline__ int hybrid_tail_blocks(const ReadParams& p, int b0, i
   return min(p.tail, b1 - b0);
 }
 
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int x, int y, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
-          dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
-      : "memory");
-}
-
 template <int S>
 __global__ void __launch_bounds__(kThreads)
     paged_read_kernel(const ReadParams p, const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // 1024-byte aligned stages (the 128-byte swizzle's period); the launch adds 1 KB of slack.
   uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
@@ -124,7 +122,7 @@ __global__ void __launch_bounds__(kThreads)
       mbar_init(smem_u32(&empty[s]), kConsumerWarps);
     }
     stop_at = kNoStop;
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    fence_barrier_init();
   }
   __syncthreads();
   const int pairs = p.batch * p.hkv;
@@ -158,7 +156,8 @@ __global__ void __launch_bounds__(kThreads)
               const bool is_v = lane >= kp;
               const int pn = is_v ? lane - kp : lane;
               const int row = int(slice * p.bs);
-              tma_load_2d(dst + (is_v ? p.k_bytes : 0) + pn * p.bs * 128, is_v ? &vmap : &kmap, pn * 64, row, bar);
+              tma_load_2d(dst + (is_v ? p.k_bytes : 0) + pn * p.bs * 128, is_v ? static_cast<const void*>(&vmap) : &kmap,
+                          pn * 64, row, bar);
             }
           }
           ++seq;
@@ -245,28 +244,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (acc == 0x9e3779b9u) p.sink[blockIdx.x] = acc;  // keeps the reads; (almost) never true
   }
-}
-
-using EncodeTiledFn = decltype(&cuTensorMapEncodeTiled);
-
-// A cache [blocks][Hkv][bs][width] bf16 as rows of `width`, boxes of 64 x bs, 128-byte swizzle
-// (the decode kernel's maps, hopper_kv_maps.h).
-int encode_map(CUtensorMap* map, const void* cache, int64_t rows, int width, int bs) {
-  static EncodeTiledFn fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &found);
-    return found == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiledFn>(ptr) : nullptr;
-  }();
-  if (fn == nullptr) return int(cudaErrorNotSupported);
-  const cuuint64_t dims[2] = {cuuint64_t(width), cuuint64_t(rows)};
-  const cuuint64_t strides[1] = {cuuint64_t(width) * 2};
-  const cuuint32_t box[2] = {64u, cuuint32_t(bs)};
-  const cuuint32_t elem_strides[2] = {1u, 1u};
-  const CUresult r = fn(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(cache), dims, strides, box,
-                        elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? 0 : int(cudaErrorInvalidValue);
+#endif
 }
 
 // A stand-in for the step check (`pre` launches): one 1024-thread CTA that lets the next launch
@@ -283,10 +261,14 @@ __global__ void __launch_bounds__(1024) pre_kernel(const ReadParams p) {
 template <int S>
 int launch(const ReadParams& p, int64_t num_blocks, int grid, bool pre, cudaStream_t stream) {
   CUtensorMap kmap{}, vmap{};
-  if (p.copy == 1) {
+  if (p.copy == 1) {  // the decode kernel's maps (hopper_kv_maps.h)
     const int64_t rows = num_blocks * p.hkv * p.bs;
-    if (int e = encode_map(&kmap, p.k, rows, p.d, p.bs)) return e;
-    if (int e = encode_map(&vmap, p.v, rows, p.dv, p.bs)) return e;
+    try {
+      paddle_gqa::cuda::attn::detail::encode_kv_map<__nv_bfloat16>(&kmap, p.k, rows, p.d, p.bs, "key_cache");
+      paddle_gqa::cuda::attn::detail::encode_kv_map<__nv_bfloat16>(&vmap, p.v, rows, p.dv, p.bs, "value_cache");
+    } catch (const std::exception&) {
+      return int(cudaErrorInvalidValue);
+    }
   }
   const int smem = S * (p.k_bytes + p.v_bytes) + 1024;
   cudaError_t e = cudaFuncSetAttribute(paged_read_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -296,17 +278,13 @@ int launch(const ReadParams& p, int64_t num_blocks, int grid, bool pre, cudaStre
     return int(cudaGetLastError());
   }
   pre_kernel<<<1, 1024, 0, stream>>>(p);
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(grid);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  return int(cudaLaunchKernelEx(&config, paged_read_kernel<S>, p, kmap, vmap));
+  try {
+    paddle_gqa::cuda::attn::launch_kernel("paged_read_kernel", paged_read_kernel<S>, dim3(grid), dim3(kThreads), smem,
+                                          stream, /*pdl=*/true, p, kmap, vmap);
+  } catch (const std::exception&) {
+    return int(cudaErrorLaunchFailure);
+  }
+  return 0;
 }
 
 }  // namespace

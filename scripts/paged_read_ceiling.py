@@ -38,8 +38,10 @@ MODES = {"static": 0, "dynamic": 1, "hybrid": 2}
 def build(out_dir):
     so = os.path.join(out_dir, "paged_read_ceiling.so")
     src = os.path.join(HERE, "paged_read_ceiling.cu")
+    csrc = os.path.join(HERE, "..", "csrc")
     subprocess.run(["nvcc", "-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-shared",
-                    "-Xcompiler", "-fPIC", "-o", so, src], check=True)
+                    "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", f"-I{csrc}", f"-I{csrc}/include",
+                    f"-I{csrc}/kernels", "-o", so, src], check=True)
     lib = ctypes.CDLL(so)
     lib.paged_read.restype = ctypes.c_int
     return lib
