@@ -20,6 +20,7 @@
 #include "mma.cuh"
 #include "online_softmax.cuh"
 #include "paged_kv.cuh"
+#include "paddle_gqa/generated/supported.h"
 #include "paddle_gqa/mask.h"
 #include "planner.cuh"
 #include "tile_size.h"
@@ -34,6 +35,15 @@ inline constexpr int kMaxDevices = 64;
 // gather held the decode kernel to ~80% of DRAM bandwidth (ncu, BENCHMARKS.md session 3).
 template <class Cfg, int D, int DV>
 inline constexpr bool kDecodeTmaKv = Cfg::kBlockM == kDecodeBlockM && D % 64 == 0 && DV % 64 == 0;
+
+// The smallest block size the build takes: issue_tile's 32-block id window holds a tile's blocks
+// (64 / box_rows of them, an aligned group) only while that group has at most 32 blocks.
+constexpr int min_supported_block_size() {
+  int m = kSupportedBlockSizes[0];
+  for (int bs : kSupportedBlockSizes) m = bs < m ? bs : m;
+  return m;
+}
+static_assert(min_supported_block_size() >= 2, "a decode tile's blocks must fit warp 0's 32-block id window");
 
 // The CTA's index in x-fastest order: the order in which the hardware hands out a grid's CTAs.
 __device__ __forceinline__ unsigned linear_cta_id() {
@@ -221,8 +231,8 @@ __device__ __forceinline__ void attention_work_item(const AttentionParams p, con
       const uint32_t bar = full0 + 8u * st;
       if (lane == 0) sm90::mbarrier_arrive_expect_tx(bar, uint32_t(nbox * (D / 64 + DV / 64) * box_rows * 128));
       __syncwarp();
-      // The tile's blocks are one aligned group of 64 / box_rows <= 4 blocks (block sizes >= 16), or
-      // part of one block: one window holds them.
+      // The tile's blocks are one aligned group of 64 / box_rows blocks (at most 32:
+      // min_supported_block_size), or part of one block: one window holds them.
       const int lb0 = (key0 + box_lo * box_rows) >> bs_log2;
       if (lb0 < id_base || lb0 >= id_base + 32) {
         if (id_base >= 0 && lb0 >= id_base + 32 && lb0 < id_base + 64) {
