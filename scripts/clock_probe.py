@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 import bench_cases  # noqa: E402
 from decode_flush_probe import cudnn_call  # noqa: E402
-from paged_read_ceiling import build, read_call  # noqa: E402
+from paged_read_ceiling import build, read_call, static_splits  # noqa: E402
 from profile_steps import planned_paged_call  # noqa: E402
 
 
@@ -65,8 +65,7 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(0)
     for case in bench_cases.select_cases(args.cases.split(",")):
         s = bench_cases.build_set(case, case.groups, gen, "cuda")
-        g = case.groups[0]
-        splits = max(1, 2 * torch.cuda.get_device_properties(0).multi_processor_count // (g.batch * case.hkv))
+        splits = static_splits(case, torch.cuda.get_device_properties(0).multi_processor_count)
         fns = {"ours": planned_paged_call(ops, case, s)[1], "cuDNN": cudnn_call(s)}
         for spin in (0, 1200):
             fns[f"read static tma spin{spin}"] = read_call(lib, case, s, "static", splits=splits, stages=3, tma=True,

@@ -36,6 +36,7 @@
 
 #include "kernels/attention/hopper_kv_maps.h"  // encode_kv_map
 #include "kernels/attention/hopper_tma.cuh"
+#include "kernels/attention/mma.cuh"  // smem_u32
 #include "kernels/attention/planner.cuh"  // launch_kernel
 
 namespace {
@@ -44,23 +45,9 @@ constexpr int kThreads = 128;
 constexpr int kConsumerWarps = kThreads / 32 - 1;
 constexpr int kNoStop = 0x7fffffff;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using paddle_gqa::cuda::attn::smem_u32;
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the device pass for sm_90a; the host pass sees the kernel empty
-// The decode kernel's mbarrier and TMA helpers (sm_90a), short names for this file.
-using paddle_gqa::cuda::attn::sm90::fence_barrier_init;
-using paddle_gqa::cuda::attn::sm90::tma_load_2d;
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  paddle_gqa::cuda::attn::sm90::mbarrier_init(bar, count);
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  paddle_gqa::cuda::attn::sm90::mbarrier_arrive_expect_tx(bar, bytes);
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) { paddle_gqa::cuda::attn::sm90::mbarrier_arrive(bar); }
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  paddle_gqa::cuda::attn::sm90::mbarrier_wait_parity(bar, parity);
-}
+namespace sm90 = paddle_gqa::cuda::attn::sm90;  // the decode kernel's mbarrier and TMA helpers
 // One 1-D bulk copy of `bytes` (a multiple of 16) from global memory, completing on `bar`.
 __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
@@ -118,11 +105,11 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
-      mbar_init(smem_u32(&full[s]), 1);
-      mbar_init(smem_u32(&empty[s]), kConsumerWarps);
+      sm90::mbarrier_init(smem_u32(&full[s]), 1);
+      sm90::mbarrier_init(smem_u32(&empty[s]), kConsumerWarps);
     }
     stop_at = kNoStop;
-    fence_barrier_init();
+    sm90::fence_barrier_init();
   }
   __syncthreads();
   const int pairs = p.batch * p.hkv;
@@ -137,26 +124,26 @@ __global__ void __launch_bounds__(kThreads)
         for (int j = j0; j < min(pc.n, j0 + 32); ++j) {
           const int id = __shfl_sync(0xffffffffu, id_l, j - j0);
           const int st = seq % S;
-          if (seq >= S) mbar_wait(smem_u32(&empty[st]), ((seq / S) - 1) & 1);
+          if (seq >= S) sm90::mbarrier_wait_parity(smem_u32(&empty[st]), ((seq / S) - 1) & 1);
           const int64_t slice = int64_t(id) * p.hkv + h;
           const uint32_t bar = smem_u32(&full[st]);
           const uint32_t dst = smem_u32(smem + st * stage_bytes);
           if (p.copy == 0) {
             if (lane == 0) {
-              mbar_arrive_expect_tx(bar, stage_bytes);
+              sm90::mbarrier_arrive_expect_tx(bar, stage_bytes);
               bulk_copy(dst, p.k + slice * p.k_bytes, p.k_bytes, bar);
               bulk_copy(dst + p.k_bytes, p.v + slice * p.v_bytes, p.v_bytes, bar);
             }
           } else {
             // Panels of 64 columns by bs rows: K's d / 64, then V's dv / 64, one per lane.
-            if (lane == 0) mbar_arrive_expect_tx(bar, stage_bytes);
+            if (lane == 0) sm90::mbarrier_arrive_expect_tx(bar, stage_bytes);
             __syncwarp();
             const int kp = p.d / 64, np = kp + p.dv / 64;
             if (lane < np) {
               const bool is_v = lane >= kp;
               const int pn = is_v ? lane - kp : lane;
               const int row = int(slice * p.bs);
-              tma_load_2d(dst + (is_v ? p.k_bytes : 0) + pn * p.bs * 128, is_v ? static_cast<const void*>(&vmap) : &kmap,
+              sm90::tma_load_2d(dst + (is_v ? p.k_bytes : 0) + pn * p.bs * 128, is_v ? static_cast<const void*>(&vmap) : &kmap,
                           pn * 64, row, bar);
             }
           }
@@ -167,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
     // A claimed piece without the pipeline across pieces: every issued tile consumed, then `gap`.
     auto drain = [&]() {
       if (p.gap < 0) return;
-      for (int t = max(0, seq - S); t < seq; ++t) mbar_wait(smem_u32(&empty[t % S]), (t / S) & 1);
+      for (int t = max(0, seq - S); t < seq; ++t) sm90::mbarrier_wait_parity(smem_u32(&empty[t % S]), (t / S) & 1);
       const long long t0 = clock64();
       while (clock64() - t0 < p.gap) {
       }
@@ -220,17 +207,17 @@ __global__ void __launch_bounds__(kThreads)
     }
     // The stop mark: a plain arrive on the next stage's full barrier once it is free.
     const int st = seq % S;
-    if (seq >= S) mbar_wait(smem_u32(&empty[st]), ((seq / S) - 1) & 1);
+    if (seq >= S) sm90::mbarrier_wait_parity(smem_u32(&empty[st]), ((seq / S) - 1) & 1);
     if (lane == 0) {
       stop_at = seq;
-      mbar_arrive(smem_u32(&full[st]));
+      sm90::mbarrier_arrive(smem_u32(&full[st]));
     }
   } else {
     uint32_t acc = 0;
     const int t = threadIdx.x - 32;
     for (int i = 0;; ++i) {
       const int st = i % S;
-      mbar_wait(smem_u32(&full[st]), (i / S) & 1);
+      sm90::mbarrier_wait_parity(smem_u32(&full[st]), (i / S) & 1);
       if (i == *static_cast<volatile int*>(&stop_at)) break;
       const uint4 w = reinterpret_cast<const uint4*>(smem + st * stage_bytes)[t];
       acc ^= w.x ^ w.y ^ w.z ^ w.w;
@@ -240,7 +227,7 @@ __global__ void __launch_bounds__(kThreads)
         acc -= uint32_t(p.spin);  // (an approximate undo; only the dependence matters)
       }
       __syncwarp();
-      if (lane == 0) mbar_arrive(smem_u32(&empty[st]));
+      if (lane == 0) sm90::mbarrier_arrive(smem_u32(&empty[st]));
     }
     if (acc == 0x9e3779b9u) p.sink[blockIdx.x] = acc;  // keeps the reads; (almost) never true
   }

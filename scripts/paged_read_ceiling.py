@@ -47,11 +47,22 @@ def build(out_dir):
     return lib
 
 
+def step_blocks(case):
+    """Blocks each slot of the case's one group reads."""
+    return -(-case.groups[0].kv_len // bench_cases.BLOCK_SIZE)
+
+
+def static_splits(case, sms):
+    """Splits per (slot, kv head) of the decode kernel's one-wave grid on this shape: ~2 CTAs per SM."""
+    g = case.groups[0]
+    return max(1, (2 * sms) // (g.batch * case.hkv))
+
+
 def read_call(lib, case, s, mode, splits=1, chunk=8, tail=0, grid=0, stages=3, tma=False, spin=0, gap=-1,
               pre=False):
     """A closure launching one read kernel over input set s (every slot of the case has one group)."""
     g = case.groups[0]
-    nblk = -(-g.kv_len // bench_cases.BLOCK_SIZE)
+    nblk = step_blocks(case)
     counter = torch.zeros(2, dtype=torch.int32, device="cuda")
     sink = torch.zeros(max(grid, g.batch * case.hkv * splits), dtype=torch.int64, device="cuda")
     args = (ctypes.c_void_p(s.key_cache.data_ptr()), ctypes.c_void_p(s.value_cache.data_ptr()),
@@ -75,12 +86,8 @@ def variants(lib, case, sets, sms, which):
     kernel's habits one at a time on the static grid: its TMA boxes, a tile's math as a spin, the
     step check's launch before it) or "pieces" (balanced schedules with and without the pipeline
     across pieces)."""
-    g = case.groups[0]
-    nblk = -(-g.kv_len // bench_cases.BLOCK_SIZE)
-    pairs = g.batch * case.hkv
-    # The decode kernel's splits on these shapes: one wave of ~2 CTAs per SM.
-    splits = max(1, (2 * sms) // pairs)
-    per_split = nblk // splits
+    splits = static_splits(case, sms)
+    per_split = step_blocks(case) // splits
     out = {}
     if which == "pieces":
         # Balancing with the decode kernel's costs: static heads and claimed tails (hybrid) or all
